@@ -1,0 +1,1 @@
+"""gtr_jax: GTR-style T5 dual-encoder retrievers trained with the SamToNe loss."""

@@ -1,0 +1,7 @@
+"""`python -m gtr_jax` runs the `gtr-jax` command line."""
+
+import sys
+
+from gtr_jax.cli import main
+
+sys.exit(main())

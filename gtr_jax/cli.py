@@ -1,0 +1,109 @@
+"""The `gtr-jax` command line (also `python -m gtr_jax`).
+
+Every subcommand reports a user's mistake (a missing file, a malformed line, a wrong
+flag) as one line on stderr and exits non-zero, without a traceback.
+"""
+
+import argparse
+import os
+import sys
+
+from gtr_jax.errors import UserError
+
+
+def _import_command(args):
+    """Convert HF / sentence-transformers weights into a model directory to start training from."""
+    import numpy as np
+
+    from gtr_jax import checkpoints, dual_encoder, hf_weights, t5
+
+    source = os.path.abspath(args.source)
+    if not os.path.isdir(source):
+        raise UserError(f"{source}: no such directory")
+    if args.source_format == "hf":
+        encoder_config = hf_weights.t5_config_from_hf(os.path.join(source, "config.json"))
+        encoder = hf_weights.encoder_params_from_hf(source, encoder_config)
+        # An HF T5 has no projection: start it from a seeded random init, as GTR does.
+        rng = np.random.default_rng(args.seed)
+        projection = rng.normal(0, encoder_config.d_model**-0.5, (encoder_config.d_model, args.embed_dim)).astype(np.float32)
+        # T5 was pre-trained on 512-token inputs.
+        vocab_dir, max_length = source, 512
+    else:
+        encoder_config, encoder, projection, max_length, vocab_dir = hf_weights.read_sentence_transformers(source)
+        max_length = max_length or 512
+    encoder_config = t5.T5Config(**{**encoder_config.to_dict(), "scan_layers": args.scan_layers})
+    if args.scan_layers:
+        encoder = t5.stack_layers(encoder, encoder_config.num_layers)
+    model_config = dual_encoder.ModelConfig(encoder_config, args.tower, projection.shape[1], max_length, max_length)
+    params = hf_weights.model_params(encoder, projection, args.tower)
+    with checkpoints.atomic_directory(args.output, overwrite=args.overwrite) as staging:
+        hf_weights.copy_vocabulary(vocab_dir, args.vocab, staging)
+        checkpoints.write_model_dir(staging, model_config, params, step=0)
+    print(f"wrote {args.tower} model ({encoder_config.num_layers} layers, d_model {encoder_config.d_model}, "
+          f"embed_dim {model_config.embed_dim}, max length {max_length}) to {os.path.abspath(args.output)}")
+
+
+def _encode_command(args):
+    """Embed a JSONL/TSV file of texts with one tower; write float32 [n, embed_dim] .npy."""
+    import numpy as np
+
+    from gtr_jax import encoding, text_files
+
+    if not args.output.endswith(".npy"):
+        raise UserError(f"{args.output}: the output must be a .npy file")
+    _, texts = text_files.read_texts(args.input)
+    encoder = encoding.load_text_encoder(args.model_dir, args.step, args.vocab)
+    max_length = args.max_length or encoder.model_config.max_length(args.tower)
+    embeddings = encoder.embed(texts, args.tower, max_length, args.batch_size, progress=not args.quiet)
+    directory = os.path.dirname(os.path.abspath(args.output))
+    if not os.path.isdir(directory):
+        raise UserError(f"{directory}: output directory does not exist")
+    partial = args.output + ".partial.npy"
+    np.save(partial, embeddings)
+    os.replace(partial, args.output)
+    print(f"wrote {embeddings.shape[0]} x {embeddings.shape[1]} {args.tower} embeddings to {args.output}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    parser = argparse.ArgumentParser(prog="gtr-jax", description="GTR dual encoders with the SamToNe loss, in JAX.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    imp = commands.add_parser("import", help="a model directory from HF T5 or sentence-transformers GTR weights")
+    imp.add_argument("--from", dest="source_format", choices=("hf", "sentence-transformers"), required=True)
+    imp.add_argument("source", metavar="SRC", help="the HF or sentence-transformers model directory")
+    imp.add_argument("--output", required=True, help="model directory to create")
+    imp.add_argument("--tower", choices=("sde", "ade", "ade_spl"), default="sde")
+    imp.add_argument("--embed_dim", type=int, default=768, help="projection size (hf only; ST takes its Dense)")
+    imp.add_argument("--seed", type=int, default=0, help="seed of the projection's init (hf only)")
+    imp.add_argument("--vocab", help="SentencePiece model to use instead of SRC/spiece.model")
+    imp.add_argument("--scan_layers", action="store_true", help="store layers stacked, for T5Config.scan_layers")
+    imp.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
+    imp.set_defaults(run=_import_command)
+
+    enc = commands.add_parser("encode", help="embed a JSONL or TSV file of texts with one tower")
+    enc.add_argument("--model_dir", required=True)
+    enc.add_argument("--step", type=int, help="checkpoint step (default: newest)")
+    enc.add_argument("--tower", choices=("query", "doc"), required=True)
+    enc.add_argument("--input", required=True, help='JSONL with "text" (and "_id", "title") or TSV id<TAB>text')
+    enc.add_argument("--output", required=True, help="a .npy file, rows in input order")
+    enc.add_argument("--vocab", help="SentencePiece model (default: MODEL_DIR/spiece.model)")
+    enc.add_argument("--max_length", type=int, help="tokens per text, EOS included (default: the model's)")
+    enc.add_argument("--batch_size", type=int, default=64)
+    enc.add_argument("--quiet", action="store_true", help="no progress bar")
+    enc.set_defaults(run=_encode_command)
+    return parser
+
+
+def main(argv=None) -> int:
+    """Entry point of the console script; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except UserError as e:
+        print(f"gtr-jax {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"gtr-jax {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0

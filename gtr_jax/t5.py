@@ -1,0 +1,263 @@
+"""The T5 encoder (T5.1.1 and T5 v1.0) in flax.linen, with t5x logical axis names.
+
+Numerics follow Hugging Face's `T5EncoderModel`, which the tests use as the reference:
+RMSNorm without bias or mean subtraction, no biases anywhere, unscaled dot-product
+attention (T5 folds 1/sqrt(d_kv) into the initialization), a relative position bias
+computed once and shared by every layer, and either a gated-GELU (tanh approximation,
+HF's `gated-gelu`) or a ReLU feed-forward block.
+
+Parameters are float32. `dtype` is the compute dtype of the matmuls (bfloat16 on TPU);
+the residual stream, norms, the attention softmax and the caller's pooling stay in float32.
+"""
+
+import dataclasses
+from typing import Literal
+
+import flax.linen as nn
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+FeedForward = Literal["gated-gelu", "relu"]
+
+# Parameter logical axis names (t5x vocabulary); `partitioning.py` maps them to mesh axes.
+EMBED, VOCAB, MLP, JOINED_KV, HEADS, RELPOS = "embed", "vocab", "mlp", "joined_kv", "heads", "relpos_buckets"
+# Activation logical axis names.
+BATCH, LENGTH, KV = "batch", "length", "kv"
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class T5Config:
+    """Shape and numerics of a T5 encoder; gin files under gin/models/ bind the sizes."""
+
+    vocab_size: int = 32128
+    d_model: int = 512
+    num_layers: int = 8
+    num_heads: int = 6
+    d_kv: int = 64
+    d_ff: int = 1024
+    feed_forward: FeedForward = "gated-gelu"
+    relative_attention_num_buckets: int = 32
+    relative_attention_max_distance: int = 128
+    dropout_rate: float = 0.1
+    layer_norm_epsilon: float = 1e-6
+    dtype: str = "float32"
+    remat: bool = False
+    scan_layers: bool = False
+
+    def __post_init__(self):
+        if self.feed_forward not in ("gated-gelu", "relu"):
+            raise ValueError(f"feed_forward must be 'gated-gelu' or 'relu', not {self.feed_forward!r}")
+        jnp.dtype(self.dtype)  # fail early on a misspelt dtype
+
+    def to_dict(self) -> dict:
+        """The fields as a JSON-serializable dict."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, fields: dict) -> "T5Config":
+        """Inverse of `to_dict`; unknown keys are an error so that typos do not pass silently."""
+        unknown = set(fields) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown T5Config fields: {sorted(unknown)}")
+        return cls(**fields)
+
+
+def relative_position_buckets(length_q: int, length_k: int, num_buckets: int, max_distance: int) -> np.ndarray:
+    """Bidirectional relative-position bucket of every (query, key) pair, shape [length_q, length_k].
+
+    Half the buckets are for keys after the query. Within a half, distances below
+    num_buckets/4 get a bucket each and larger ones share log-spaced buckets up to
+    max_distance. Computed in numpy float32 at trace time, exactly as HF does in torch
+    float32, so that boundary distances fall into the same bucket.
+    """
+    relative = np.arange(length_k)[None, :] - np.arange(length_q)[:, None]
+    half = num_buckets // 2
+    buckets = (relative > 0).astype(np.int32) * half
+    distance = np.abs(relative)
+    max_exact = half // 2
+    safe = np.maximum(distance, 1).astype(np.float32)
+    log_ratio = np.log(safe / np.float32(max_exact)) / np.float32(np.log(max_distance / max_exact))
+    large = max_exact + (log_ratio * np.float32(half - max_exact)).astype(np.int32)
+    large = np.minimum(large, half - 1)
+    return buckets + np.where(distance < max_exact, distance, large).astype(np.int32)
+
+
+class RMSNorm(nn.Module):
+    """T5's layer norm: scale by the root mean square, no mean subtraction, no bias."""
+
+    epsilon: float = 1e-6
+
+    @nn.compact
+    def __call__(self, x):
+        scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, (EMBED,)), (x.shape[-1],))
+        x32 = x.astype(jnp.float32)
+        normed = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.epsilon)
+        return normed * scale
+
+
+def _dense(features, in_axis, out_axis, stddev, dtype, name):
+    """A bias-free DenseGeneral whose kernel carries logical axis names."""
+    init = nn.initializers.normal(stddev=stddev)
+    return nn.Dense(
+        features,
+        use_bias=False,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        kernel_init=nn.with_logical_partitioning(init, (in_axis, out_axis)),
+        name=name,
+    )
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention without scaling (folded into init) and with an additive bias."""
+
+    config: T5Config
+
+    @nn.compact
+    def __call__(self, x, attention_bias, deterministic):
+        cfg = self.config
+        dtype = jnp.dtype(cfg.dtype)
+        inner = cfg.num_heads * cfg.d_kv
+        # Mesh-TF initialization: T5 does not scale logits, so queries absorb 1/sqrt(d_kv).
+        q = _dense(inner, EMBED, JOINED_KV, (cfg.d_model * cfg.d_kv) ** -0.5, dtype, "query")(x)
+        k = _dense(inner, EMBED, JOINED_KV, cfg.d_model**-0.5, dtype, "key")(x)
+        v = _dense(inner, EMBED, JOINED_KV, cfg.d_model**-0.5, dtype, "value")(x)
+        split = lambda t: nn.with_logical_constraint(
+            t.reshape(t.shape[:2] + (cfg.num_heads, cfg.d_kv)), (BATCH, LENGTH, HEADS, KV)
+        )
+        q, k, v = split(q), split(k), split(v)
+        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
+        weights = jax.nn.softmax(logits + attention_bias, axis=-1)
+        weights = nn.Dropout(cfg.dropout_rate)(weights, deterministic=deterministic)
+        out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(dtype), v)
+        out = out.reshape(out.shape[:2] + (inner,))
+        return _dense(cfg.d_model, JOINED_KV, EMBED, inner**-0.5, dtype, "out")(out)
+
+
+class FeedForwardBlock(nn.Module):
+    """Gated-GELU (T5.1.1) or ReLU (T5 v1.0) feed-forward block without biases."""
+
+    config: T5Config
+
+    @nn.compact
+    def __call__(self, x, deterministic):
+        cfg = self.config
+        dtype = jnp.dtype(cfg.dtype)
+        std_in, std_out = cfg.d_model**-0.5, cfg.d_ff**-0.5
+        if cfg.feed_forward == "gated-gelu":
+            gate = _dense(cfg.d_ff, EMBED, MLP, std_in, dtype, "wi_0")(x)
+            linear = _dense(cfg.d_ff, EMBED, MLP, std_in, dtype, "wi_1")(x)
+            hidden = jax.nn.gelu(gate, approximate=True) * linear
+        else:
+            hidden = jax.nn.relu(_dense(cfg.d_ff, EMBED, MLP, std_in, dtype, "wi")(x))
+        hidden = nn.with_logical_constraint(hidden, (BATCH, LENGTH, MLP))
+        hidden = nn.Dropout(cfg.dropout_rate)(hidden, deterministic=deterministic)
+        return _dense(cfg.d_model, MLP, EMBED, std_out, dtype, "wo")(hidden)
+
+
+class EncoderLayer(nn.Module):
+    """Pre-norm residual self-attention then feed-forward."""
+
+    config: T5Config
+    deterministic: bool = True
+
+    @nn.compact
+    def __call__(self, x, attention_bias):
+        cfg = self.config
+        dropout = nn.Dropout(cfg.dropout_rate)
+        h = RMSNorm(cfg.layer_norm_epsilon, name="pre_attention_norm")(x)
+        h = SelfAttention(cfg, name="attention")(h, attention_bias, self.deterministic)
+        x = x + dropout(h, deterministic=self.deterministic)
+        h = RMSNorm(cfg.layer_norm_epsilon, name="pre_mlp_norm")(x)
+        h = FeedForwardBlock(cfg, name="mlp")(h, self.deterministic)
+        x = x + dropout(h, deterministic=self.deterministic)
+        return nn.with_logical_constraint(x, (BATCH, LENGTH, EMBED))
+
+
+class ScannedLayer(EncoderLayer):
+    """`EncoderLayer` with the (carry, output) signature `nn.scan` needs."""
+
+    def __call__(self, x, attention_bias):
+        return super().__call__(x, attention_bias), None
+
+
+class T5Encoder(nn.Module):
+    """Token ids [batch, length] (0 = padding) to hidden states [batch, length, d_model], float32.
+
+    With `scan_layers` the layer parameters are stacked on a leading `layers` axis
+    (`params['layers']`); otherwise each layer is `params['layers_{i}']`.
+    """
+
+    config: T5Config
+
+    @nn.compact
+    def __call__(self, tokens, deterministic: bool = True):
+        cfg = self.config
+        tokens = nn.with_logical_constraint(tokens, (BATCH, LENGTH))
+        embedding = self.param(
+            "token_embedder",
+            nn.with_logical_partitioning(nn.initializers.normal(stddev=1.0), (VOCAB, EMBED)),
+            (cfg.vocab_size, cfg.d_model),
+        )
+        x = jnp.take(embedding, tokens, axis=0)
+        x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+        x = nn.with_logical_constraint(x, (BATCH, LENGTH, EMBED))
+        attention_bias = self._attention_bias(tokens)
+
+        layer_cls = ScannedLayer if cfg.scan_layers else EncoderLayer
+        if cfg.remat:
+            layer_cls = nn.remat(layer_cls, prevent_cse=not cfg.scan_layers)
+        if cfg.scan_layers:
+            stack = nn.scan(
+                layer_cls,
+                variable_axes={"params": 0},
+                split_rngs={"params": True, "dropout": True},
+                in_axes=nn.broadcast,
+                length=cfg.num_layers,
+                metadata_params={nn.PARTITION_NAME: "layers"},
+            )
+            x, _ = stack(cfg, deterministic, name="layers")(x, attention_bias)
+        else:
+            for i in range(cfg.num_layers):
+                x = layer_cls(cfg, deterministic, name=f"layers_{i}")(x, attention_bias)
+        x = RMSNorm(cfg.layer_norm_epsilon, name="final_norm")(x)
+        return nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+
+    def _attention_bias(self, tokens):
+        """Relative position bias [1, heads, L, L] plus -inf-like entries for padded keys, float32."""
+        cfg = self.config
+        length = tokens.shape[1]
+        table = self.param(
+            "relpos_bias",
+            nn.with_logical_partitioning(nn.initializers.normal(stddev=1.0), (RELPOS, HEADS)),
+            (cfg.relative_attention_num_buckets, cfg.num_heads),
+        )
+        buckets = relative_position_buckets(
+            length, length, cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance
+        )
+        position_bias = jnp.transpose(jnp.take(table, buckets, axis=0), (2, 0, 1))[None]
+        key_is_padding = (tokens == 0)[:, None, None, :]
+        return jnp.where(key_is_padding, jnp.finfo(jnp.float32).min, position_bias)
+
+
+def _layer_names(num_layers: int) -> list[str]:
+    return [f"layers_{i}" for i in range(num_layers)]
+
+
+def stack_layers(encoder_params: dict, num_layers: int) -> dict:
+    """Unscanned encoder params (`layers_{i}`) to the scanned layout (`layers`, stacked on axis 0)."""
+    names = _layer_names(num_layers)
+    rest = {k: v for k, v in encoder_params.items() if k not in names}
+    stacked = jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *(encoder_params[n] for n in names))
+    return {**rest, "layers": stacked}
+
+
+def unstack_layers(encoder_params: dict, num_layers: int) -> dict:
+    """Scanned encoder params (`layers` stacked on axis 0) to the per-layer layout."""
+    rest = {k: v for k, v in encoder_params.items() if k != "layers"}
+    for i, name in enumerate(_layer_names(num_layers)):
+        rest[name] = jax.tree.map(lambda x, i=i: x[i], encoder_params["layers"])
+    return rest

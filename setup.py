@@ -1,0 +1,49 @@
+"""gtr_jax: GTR-style T5 dual-encoder retrievers with the SamToNe loss, in JAX/Flax."""
+
+import setuptools
+
+# Versions seen working together on Python 3.11 (see DESIGN.md); pinned so a fresh
+# machine builds the same environment CI tests.
+INSTALL_REQUIRES = [
+    "jax==0.10.2",
+    "jaxlib==0.10.2",
+    "flax==0.12.8",
+    "optax==0.2.8",
+    "orbax-checkpoint==0.12.8",
+    "tensorstore==0.1.86",
+    "gin-config==0.5.0",
+    "sentencepiece==0.2.3",
+    "numpy==2.4.6",
+    "ml_dtypes==0.6.0",
+    "protobuf==7.36.2",
+    "seqio==0.0.20",
+    "tensorflow==2.21.0",
+    "tensorflow-text==2.21.1",
+    "tensorflow-datasets==4.9.10",
+    "clu==0.0.12",
+    "safetensors==0.8.0",
+    "tqdm==4.70.1",
+    "absl-py==2.5.1",
+]
+
+TEST_REQUIRES = [
+    "pytest==9.2.0",
+    "hypothesis==6.170.15",
+    # The CPU build of torch 2.13.0 lies on this machine's disk; a range would pull a CUDA build.
+    "torch==2.13.0",
+    # sentence-transformers 5.7 is the last line that runs with transformers 4.x.
+    "transformers==4.57.6",
+    "sentence-transformers==5.7.0",
+    "pytrec-eval-terrier==0.5.11",
+]
+
+setuptools.setup(
+    name="gtr_jax",
+    version="0.1.0",
+    description=__doc__,
+    packages=setuptools.find_packages(include=["gtr_jax", "gtr_jax.*", "tasks", "tasks.*"]),
+    python_requires=">=3.11",
+    install_requires=INSTALL_REQUIRES,
+    extras_require={"test": TEST_REQUIRES},
+    entry_points={"console_scripts": ["gtr-jax = gtr_jax.cli:main"]},
+)

@@ -1,0 +1,22 @@
+"""Test-wide set-up: 8 virtual CPU devices, float32 matmuls, shared fixtures.
+
+XLA reads XLA_FLAGS once, when jax initializes its backends, so the flag must be set
+here, before any test module imports jax. Single-device references use a 1-device mesh
+or plain arrays; sharded code gets the 8 devices from `fake_devices`.
+"""
+
+import os
+
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+).strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# transformers (the test-only reference) must not load its TensorFlow or Flax halves:
+# Keras 3 breaks the former and jax 0.10 the latter.
+os.environ["USE_TF"] = "0"
+os.environ["USE_FLAX"] = "0"
+
+import jax  # noqa: E402
+
+jax.config.update("jax_default_matmul_precision", "highest")
