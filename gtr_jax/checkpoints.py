@@ -8,6 +8,7 @@ One format for everything: the trainer starts from, resumes from and evaluates t
 and `encode`/`export` read them.
 """
 
+import logging
 import os
 import shutil
 import tempfile
@@ -26,11 +27,21 @@ STEP_PREFIX = "checkpoint"
 
 
 def checkpoint_manager(model_dir: str, read_only: bool = False, **options) -> ocp.CheckpointManager:
-    """The orbax manager of `model_dir/checkpoints`; `options` go to CheckpointManagerOptions."""
-    return ocp.CheckpointManager(
-        os.path.join(os.path.abspath(model_dir), CHECKPOINTS),
-        options=ocp.CheckpointManagerOptions(step_prefix=STEP_PREFIX, read_only=read_only, create=not read_only, **options),
-    )
+    """The orbax manager of `model_dir/checkpoints`; `options` go to CheckpointManagerOptions.
+
+    Readers use `read_only`, so that they never clean up a checkpoint a running trainer
+    is still writing.
+    """
+    absl_logger = logging.getLogger("absl")
+    level = absl_logger.level
+    if read_only:
+        # Orbax warns that a read-only manager will not save, which is the point.
+        absl_logger.setLevel(logging.ERROR)
+    try:
+        options = ocp.CheckpointManagerOptions(step_prefix=STEP_PREFIX, read_only=read_only, create=not read_only, **options)
+        return ocp.CheckpointManager(os.path.join(os.path.abspath(model_dir), CHECKPOINTS), options=options)
+    finally:
+        absl_logger.setLevel(level)
 
 
 def save_model_config(model_dir: str, model_config: dual_encoder.ModelConfig):

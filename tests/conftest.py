@@ -20,3 +20,13 @@ os.environ["USE_FLAX"] = "0"
 import jax  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
+
+import pytest  # noqa: E402
+
+import hf_models  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def spm_path(tmp_path_factory):
+    """A tiny SentencePiece model with T5's special ids, trained once per session."""
+    return hf_models.train_sentencepiece(str(tmp_path_factory.mktemp("vocab") / "spiece.model"))

@@ -71,13 +71,14 @@ def random_t5(config: T5Config, seed: int = 0, seq2seq: bool = False):
 
 def write_sentence_transformers(directory: str, spm_path: str, embed_dim: int = 24, feed_forward="gated-gelu", seed=0):
     """A GTR-style sentence-transformers model: T5 encoder, mean Pooling, Dense (no bias), Normalize."""
-    from sentence_transformers import SentenceTransformer, models
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer import modules as models
 
     transformer_dir = os.path.join(directory, "_transformer")
     random_t5(t5_config(feed_forward), seed).save_pretrained(transformer_dir, safe_serialization=True)
     T5Tokenizer(spm_path, legacy=True).save_pretrained(transformer_dir)
     transformer = models.Transformer(transformer_dir, max_seq_length=32)
-    d_model = transformer.get_word_embedding_dimension()
+    d_model = transformer.get_embedding_dimension()
     torch.manual_seed(seed + 1)
     dense = models.Dense(d_model, embed_dim, bias=False, activation_function=torch.nn.Identity())
     model = SentenceTransformer(modules=[transformer, models.Pooling(d_model, "mean"), dense, models.Normalize()])
