@@ -21,6 +21,8 @@ INSTALL_REQUIRES = [
     "tensorflow-text==2.21.1",
     "tensorflow-datasets==4.9.10",
     "clu==0.0.12",
+    # clu's TensorBoard writer needs it; tensorflow no longer pulls it in.
+    "tensorboard==2.21.0",
     "safetensors==0.8.0",
     "tqdm==4.70.1",
     "absl-py==2.5.1",

@@ -8,6 +8,7 @@ One format for everything: the trainer starts from, resumes from and evaluates t
 and `encode`/`export` read them.
 """
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -15,10 +16,11 @@ import tempfile
 from contextlib import contextmanager
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from flax.core import meta
 
-from gtr_jax import dual_encoder
+from gtr_jax import dual_encoder, t5
 from gtr_jax.errors import UserError
 
 MODEL_CONFIG = "model_config.json"
@@ -64,18 +66,35 @@ def load_model_config(model_dir: str) -> dual_encoder.ModelConfig:
         raise UserError(f"{path}: not a valid model config ({e})") from None
 
 
-def abstract_params(model_config: dual_encoder.ModelConfig, sharding=None):
-    """ShapeDtypeStructs of the model's params, each with `sharding` (default: the first device)."""
+def boxed_param_shapes(model_config: dual_encoder.ModelConfig):
+    """The model's params as shapes, still boxed with their logical axis names."""
     model = model_config.build()
     tokens = jax.ShapeDtypeStruct((1, 2), "int32")
-    shapes = jax.eval_shape(lambda t: model.init(jax.random.key(0), t, t), tokens)["params"]
-    sharding = sharding or jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), meta.unbox(shapes))
+    return jax.eval_shape(lambda t: model.init(jax.random.key(0), t, t), tokens)["params"]
 
 
-def restore_params(model_dir: str, step: int | None = None, sharding=None):
-    """(params, step) of the given or newest checkpoint of a model directory."""
-    model_config = load_model_config(model_dir)
+def with_shardings(shapes, shardings):
+    """ShapeDtypeStructs carrying `shardings` (one sharding, or a tree of them)."""
+    if not isinstance(shardings, (dict, list, tuple)):
+        shardings = jax.tree.map(lambda _: shardings, shapes)
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, shardings)
+
+
+def abstract_params(model_config: dual_encoder.ModelConfig, shardings=None):
+    """ShapeDtypeStructs of the model's params with `shardings` (default: the first device)."""
+    shardings = shardings or jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    return with_shardings(meta.unbox(boxed_param_shapes(model_config)), shardings)
+
+
+def restore_params(model_dir: str, step: int | None = None, shardings=None, model_config=None):
+    """(params, step) of the given or newest checkpoint of a model directory.
+
+    With `model_config`, the checkpoint must hold params of that shape; it may differ from
+    the saved config only in the layer layout (`scan_layers`), which is converted.
+    """
+    saved_config = load_model_config(model_dir)
+    target_config = model_config or saved_config
+    _check_compatible(model_dir, saved_config, target_config)
     manager = checkpoint_manager(model_dir, read_only=True)
     steps = manager.all_steps()
     if not steps:
@@ -84,9 +103,34 @@ def restore_params(model_dir: str, step: int | None = None, sharding=None):
         step = max(steps)
     elif step not in steps:
         raise UserError(f"{model_dir}: no checkpoint for step {step}; available: {sorted(steps)}")
-    target = ocp.args.StandardRestore(abstract_params(model_config, sharding))
-    restored = manager.restore(step, args=ocp.args.Composite(params=target))
-    return restored["params"], step
+    if saved_config.encoder.scan_layers == target_config.encoder.scan_layers:
+        target = ocp.args.StandardRestore(abstract_params(target_config, shardings))
+        return manager.restore(step, args=ocp.args.Composite(params=target))["params"], step
+    restored = manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract_params(saved_config))))
+    convert = t5.stack_layers if target_config.encoder.scan_layers else t5.unstack_layers
+    params = {
+        name: convert(tree, target_config.encoder.num_layers) if name.endswith("encoder") else tree
+        for name, tree in restored["params"].items()
+    }
+    target = abstract_params(target_config, shardings)
+    return jax.tree.map(lambda x, t: jax.device_put(x, t.sharding), params, target), step
+
+
+def _check_compatible(model_dir: str, saved: dual_encoder.ModelConfig, wanted: dual_encoder.ModelConfig):
+    """One clear error when a checkpoint's params cannot serve as the wanted model's params."""
+    same_layout = dataclasses.replace(saved.encoder, scan_layers=wanted.encoder.scan_layers, remat=wanted.encoder.remat,
+                                      dtype=wanted.encoder.dtype, dropout_rate=wanted.encoder.dropout_rate)
+    differences = [
+        f"{name} {getattr(saved, name)} vs {getattr(wanted, name)}" for name in ("tower", "embed_dim")
+        if getattr(saved, name) != getattr(wanted, name)
+    ]
+    differences += [
+        f"{field} {a} vs {b}" for field, a, b in
+        ((f.name, getattr(same_layout, f.name), getattr(wanted.encoder, f.name)) for f in dataclasses.fields(same_layout))
+        if a != b
+    ]
+    if differences:
+        raise UserError(f"{model_dir}: checkpoint does not fit the configured model ({'; '.join(differences)})")
 
 
 @contextmanager
@@ -127,3 +171,29 @@ def write_model_dir(model_dir: str, model_config: dual_encoder.ModelConfig, para
     manager.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params)))
     manager.wait_until_finished()
     manager.close()
+
+
+def train_state_args(state) -> ocp.args.Composite:
+    """orbax save args for a TrainState: items `params`, `opt_state` and, if learnt, `temperature`."""
+    items = {"params": ocp.args.StandardSave(state.params), "opt_state": ocp.args.StandardSave(state.opt_state)}
+    if state.temperature:
+        items["temperature"] = ocp.args.StandardSave(state.temperature)
+    return ocp.args.Composite(**items)
+
+
+def restore_train_state(manager: ocp.CheckpointManager, step: int, abstract_state):
+    """The TrainState saved at `step`, placed with the shardings of `abstract_state`."""
+    items = {
+        "params": ocp.args.StandardRestore(abstract_state.params),
+        "opt_state": ocp.args.StandardRestore(abstract_state.opt_state),
+    }
+    if abstract_state.temperature:
+        items["temperature"] = ocp.args.StandardRestore(abstract_state.temperature)
+    restored = manager.restore(step, args=ocp.args.Composite(**items))
+    step_array = jax.device_put(np.asarray(step, np.int32), abstract_state.step.sharding)
+    return abstract_state.replace(
+        step=step_array,
+        params=restored["params"],
+        opt_state=restored["opt_state"],
+        temperature=restored["temperature"] if abstract_state.temperature else {},
+    )

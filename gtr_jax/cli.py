@@ -5,8 +5,13 @@ flag) as one line on stderr and exits non-zero, without a traceback.
 """
 
 import argparse
+import logging
 import os
 import sys
+
+# TensorFlow (pulled in by seqio and clu) logs GPU probing at start-up; CPU-only users
+# do not need it, and anyone who does can set the variable themselves.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from gtr_jax.errors import UserError
 
@@ -64,10 +69,93 @@ def _encode_command(args):
     print(f"wrote {embeddings.shape[0]} x {embeddings.shape[1]} {args.tower} embeddings to {args.output}")
 
 
+# Macros whose values are paths or names: a bare value is taken as a string.
+STRING_MACROS = ("MODEL_DIR", "INIT_CHECKPOINT", "MIXTURE_OR_TASK_NAME", "VOCABULARY")
+GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gin")
+
+
+def _gin_binding(name: str, value: str) -> str:
+    """A gin binding `name = value`; a bare string for path-like macros is quoted for the user."""
+    if (name in STRING_MACROS or name.endswith("_DIR")) and value[:1] not in ("'", '"', "%", "@") and value != "None":
+        value = repr(value)
+    return f"{name} = {value}"
+
+
+def parse_gin(gin_files, gin_bindings, search_paths):
+    """Load gin files and `--gin.NAME=VALUE` bindings, turning gin's errors into one line."""
+    import gin
+
+    # Importing registers every configurable a gin file may name.
+    from gtr_jax import dual_encoder, losses, optim, partitioning, t5, trainer, vocab  # noqa: F401
+
+    for path in [GIN_DIR, *search_paths]:
+        gin.add_config_file_search_path(path)
+    root_logger = logging.getLogger()
+    level = root_logger.level
+    # gin logs an error for every search path an include is not found under, even when a
+    # later one has it; a file found nowhere still raises below.
+    root_logger.setLevel(logging.CRITICAL)
+    try:
+        gin.parse_config_files_and_bindings(gin_files, gin_bindings)
+    except (OSError, ValueError, SyntaxError) as error:
+        raise UserError(f"gin: {str(error).strip().splitlines()[0]}") from None
+    except ImportError as error:
+        raise UserError(f"gin: a gin file imports a module that does not exist ({error})") from None
+    finally:
+        root_logger.setLevel(level)
+
+
+def _split_gin_flags(argv):
+    """(other args, bindings) with every `--gin.NAME=VALUE` turned into a binding."""
+    rest, bindings = [], []
+    for arg in argv:
+        if arg.startswith("--gin.") and "=" in arg:
+            name, value = arg[len("--gin."):].split("=", 1)
+            bindings.append(_gin_binding(name, value))
+        else:
+            rest.append(arg)
+    return rest, bindings
+
+
+def _initialize_distributed(args):
+    """jax.distributed for multi-process runs: explicit flags, or auto-detected on Cloud TPU."""
+    import jax
+
+    if args.coordinator_address:
+        jax.distributed.initialize(coordinator_address=args.coordinator_address, num_processes=args.num_processes,
+                                   process_id=args.process_id)
+    elif args.multihost_tpu:
+        jax.distributed.initialize()
+
+
+def _train_command(args):
+    """Train (or resume) the gin-configured run."""
+    from gtr_jax import trainer
+
+    _initialize_distributed(args)
+    parse_gin(args.gin_file, args.gin_bindings, args.gin_search_paths)
+    try:
+        trainer.train()
+    except RuntimeError as error:
+        if "Required bindings" in str(error) or "REQUIRED" in str(error):
+            raise UserError(f"gin: {str(error).splitlines()[0]}") from None
+        raise
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(prog="gtr-jax", description="GTR dual encoders with the SamToNe loss, in JAX.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    tr = commands.add_parser("train", help="train or resume a gin-configured run (t5x-style flags)")
+    tr.add_argument("--gin_file", action="append", default=[], required=True, help="gin file; repeatable")
+    tr.add_argument("--gin_search_paths", action="append", default=[], help="extra directories for gin includes")
+    tr.add_argument("--coordinator_address", help="host:port of process 0, for multi-process runs off Cloud TPU")
+    tr.add_argument("--num_processes", type=int, help="number of processes (with --coordinator_address)")
+    tr.add_argument("--process_id", type=int, help="this process's index (with --coordinator_address)")
+    tr.add_argument("--multihost_tpu", action="store_true", help="initialize jax.distributed from the TPU environment")
+    tr.epilog = "Any --gin.NAME=VALUE adds a gin binding, e.g. --gin.MODEL_DIR=/tmp/run --gin.TRAIN_STEPS=100."
+    tr.set_defaults(run=_train_command)
 
     imp = commands.add_parser("import", help="a model directory from HF T5 or sentence-transformers GTR weights")
     imp.add_argument("--from", dest="source_format", choices=("hf", "sentence-transformers"), required=True)
@@ -97,11 +185,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     """Entry point of the console script; returns the exit status."""
+    argv, gin_bindings = _split_gin_flags(sys.argv[1:] if argv is None else list(argv))
     args = build_parser().parse_args(argv)
+    args.gin_bindings = gin_bindings
     try:
         args.run(args)
     except UserError as e:
-        print(f"gtr-jax {args.command}: error: {e}", file=sys.stderr)
+        # gin appends "In call to configurable ..." lines to errors raised inside configurables.
+        print(f"gtr-jax {args.command}: error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"gtr-jax {args.command}: interrupted", file=sys.stderr)

@@ -1,0 +1,283 @@
+"""The training loop: mesh, state, jitted update, checkpoints, metrics, evaluation.
+
+Reads top to bottom in the order a run happens. Every argument of `train` is bound
+by gin (gin/runs/*.gin, t5x-style macros); the model, optimizer, loss, mesh and
+input pipeline are gin-configured where they are built.
+
+Reliability contract:
+  * The data order and dropout are pure functions of (seed, step), and the state is
+    checkpointed whole, so a run that is killed and resumed ends bit-equal to one that
+    was not.
+  * A non-finite loss stops the run before the next checkpoint could store it.
+  * An unreadable newest checkpoint is moved to MODEL_DIR/corrupt_checkpoints/ with a
+    warning, and the run resumes from the one before.
+"""
+
+import json
+import logging
+import os
+import shutil
+import time
+
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import tqdm
+from flax.core import meta
+
+from gtr_jax import checkpoints, dual_encoder, optim, partitioning, train_step
+from gtr_jax.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+class TrainingDiverged(UserError):
+    """The loss became NaN or infinite."""
+
+
+@gin.configurable
+def train(
+    *,
+    model_dir: str = gin.REQUIRED,
+    train_steps: int = gin.REQUIRED,
+    batch_size: int = gin.REQUIRED,
+    input_fn=None,
+    seed: int = 0,
+    init_checkpoint: str | None = None,
+    vocabulary: str | None = None,
+    checkpoint_every: int = 1000,
+    keep_checkpoints: int = 3,
+    log_every: int = 100,
+    eval_every: int = 0,
+    evaluators=(),
+    grad_cache_chunk_size: int | None = None,
+    temperature: float = 0.01,
+    learn_temperature: bool = False,
+    progress: bool = True,
+) -> train_step.TrainState:
+    """Train a dual encoder for `train_steps` steps (resuming if MODEL_DIR has checkpoints).
+
+    `input_fn(global_batch_size=, start_step=, shard_index=, num_shards=, seed=)` yields
+    this process's numpy batches from `start_step` on. `evaluators` are factories
+    `f(model=, mesh=)` returning `evaluate(params, step) -> {name: value}`, run every
+    `eval_every` steps. Returns the final state.
+    """
+    if input_fn is None:
+        raise UserError("train needs an input pipeline: bind train.input_fn in gin")
+    is_writer = jax.process_index() == 0
+
+    # ---------------------------------------------------------------- mesh and model
+    mesh = partitioning.make_mesh()
+    rules = partitioning.standard_logical_axis_rules()
+    partitioning.check_divisible(batch_size, mesh)
+    model_config = dual_encoder.ModelConfig()
+    model = model_config.build()
+    tx = optim.adafactor()
+
+    # ---------------------------------------------------------------- state shardings
+    boxed = checkpoints.boxed_param_shapes(model_config)
+    param_shardings = partitioning.param_shardings(boxed, mesh, rules)
+    params_shape = meta.unbox(boxed)
+    temperature_shape = jax.eval_shape(lambda: train_step.initial_temperature(learn_temperature, temperature))
+    opt_shape = jax.eval_shape(tx.init, (params_shape, temperature_shape))
+    replicated = partitioning.replicated(mesh)
+    # Adafactor keeps O(rows + cols) statistics per matrix: replicating them is cheap.
+    state_shardings = train_step.TrainState(
+        step=replicated,
+        params=param_shardings,
+        temperature=jax.tree.map(lambda _: replicated, temperature_shape),
+        opt_state=jax.tree.map(lambda _: replicated, opt_shape),
+    )
+    state_shape = train_step.TrainState(jax.ShapeDtypeStruct((), jnp.int32), params_shape, temperature_shape, opt_shape)
+    abstract_state = jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state_shape, state_shardings
+    )
+
+    # ---------------------------------------------------------------- restore or initialize
+    os.makedirs(model_dir, exist_ok=True)
+    manager = checkpoints.checkpoint_manager(model_dir, max_to_keep=keep_checkpoints, enable_async_checkpointing=True)
+    state = _restore_newest_good(manager, model_dir, abstract_state)
+    if state is None:
+        state = _initial_state(model, tx, model_config, init_checkpoint, seed, learn_temperature, temperature,
+                               state_shardings, param_shardings)
+    start = int(state.step)
+    if is_writer:
+        _write_run_files(model_dir, model_config, vocabulary)
+
+    # ---------------------------------------------------------------- update step
+    update = train_step.make_update(model, tx, mesh, temperature=temperature, dropout_seed=seed,
+                                    grad_cache_chunk_size=grad_cache_chunk_size)
+    batches = input_fn(global_batch_size=batch_size, start_step=start, shard_index=jax.process_index(),
+                       num_shards=jax.process_count(), seed=seed)
+    first_batch = partitioning.global_batch(next(batches), mesh)
+    metric_names = sorted(jax.eval_shape(update, abstract_state, first_batch)[1])
+    accumulator_shardings = jax.tree.map(lambda _: replicated, train_step.Accumulator.zeros(metric_names))
+
+    def step_and_accumulate(state, batch, accumulator):
+        new_state, metrics = update(state, batch)
+        return new_state, accumulator.add(state.step, metrics)
+
+    batch_shardings = jax.tree.map(lambda _: partitioning.batch_sharding(mesh), first_batch)
+    jitted_step = jax.jit(
+        step_and_accumulate,
+        in_shardings=(state_shardings, batch_shardings, accumulator_shardings),
+        out_shardings=(state_shardings, accumulator_shardings),
+        donate_argnums=(0, 2),
+    )
+    evaluate_fns = [factory(model=model, mesh=mesh) for factory in evaluators]
+
+    # ---------------------------------------------------------------- loop
+    writer = MetricsWriter(model_dir, enabled=is_writer)
+    accumulator = jax.device_put(train_step.Accumulator.zeros(metric_names), accumulator_shardings)
+    bar = tqdm.tqdm(total=train_steps, initial=start, unit="step", disable=not (progress and is_writer), dynamic_ncols=True)
+    interval_start, interval_step, batch = time.perf_counter(), start, first_batch
+    with jax.set_mesh(mesh):
+        for step in range(start, train_steps):
+            if batch is None:
+                batch = partitioning.global_batch(next(batches), mesh)
+            state, accumulator = jitted_step(state, batch, accumulator)
+            batch, done = None, step + 1
+            bar.update(1)
+            save = done % checkpoint_every == 0 or done == train_steps
+            if done % log_every == 0 or save:
+                averages = _drain(accumulator, manager, model_dir)
+                accumulator = jax.device_put(train_step.Accumulator.zeros(metric_names), accumulator_shardings)
+                elapsed = time.perf_counter() - interval_start
+                speed = {"steps_per_sec": (done - interval_step) / elapsed,
+                         "examples_per_sec": (done - interval_step) * batch_size / elapsed}
+                writer.write(done, {**averages, **speed})
+                bar.set_postfix(loss=f"{averages['loss']:.4f}", ex_s=f"{speed['examples_per_sec']:.1f}")
+            if save:
+                manager.save(done, args=checkpoints.train_state_args(state))
+            if eval_every and (done % eval_every == 0 or done == train_steps):
+                writer.write(done, {f"eval/{k}": v for fn in evaluate_fns for k, v in fn(state.params, done).items()})
+            if done % log_every == 0 or save:
+                # Speed counts training only, not checkpointing or evaluation.
+                interval_start, interval_step = time.perf_counter(), done
+    bar.close()
+    manager.wait_until_finished()
+    manager.close()
+    writer.close()
+    if is_writer:
+        print(f"trained to step {int(state.step)}; checkpoints, metrics.jsonl and tensorboard/ are in {model_dir}")
+    return state
+
+
+def _initial_state(model, tx, model_config, init_checkpoint, seed, learn_temperature, temperature,
+                   state_shardings, param_shardings):
+    """Step 0: params from INIT_CHECKPOINT (a model dir) or a seeded random init."""
+    # One jitted program builds the whole state: eager per-leaf ops would each compile.
+    def build(params):
+        temperature_params = train_step.initial_temperature(learn_temperature, temperature)
+        return train_step.TrainState(jnp.zeros((), jnp.int32), params, temperature_params,
+                                     tx.init((params, temperature_params)))
+
+    if init_checkpoint:
+        params, _ = checkpoints.restore_params(init_checkpoint, shardings=param_shardings, model_config=model_config)
+        log.info("initialized from %s", init_checkpoint)
+        return jax.jit(build, out_shardings=state_shardings, donate_argnums=0)(params)
+    tokens = jnp.ones((1, 2), jnp.int32)
+    init = lambda key: build(meta.unbox(model.init(key, tokens, tokens)["params"]))
+    return jax.jit(init, out_shardings=state_shardings)(jax.random.key(seed))
+
+
+def _restore_newest_good(manager, model_dir, abstract_state):
+    """The newest checkpoint that restores; unreadable newer ones are moved aside with a warning."""
+    for step in sorted(manager.all_steps(), reverse=True):
+        try:
+            return checkpoints.restore_train_state(manager, step, abstract_state)
+        except Exception as error:  # orbax/tensorstore raise many types for damaged files
+            quarantine = os.path.join(model_dir, "corrupt_checkpoints")
+            os.makedirs(quarantine, exist_ok=True)
+            source = os.path.join(model_dir, checkpoints.CHECKPOINTS, f"{checkpoints.STEP_PREFIX}_{step}")
+            if jax.process_index() == 0:
+                shutil.move(source, os.path.join(quarantine, f"{checkpoints.STEP_PREFIX}_{step}"))
+            manager.reload()
+            message = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+            log.warning("checkpoint %d is unreadable (%s); moved it to %s and resuming from an older one",
+                        step, message, quarantine)
+            print(f"warning: checkpoint {step} is unreadable ({message}); moved to {quarantine}", flush=True)
+    return None
+
+
+def _drain(accumulator, manager, model_dir) -> dict:
+    """Averages of the accumulated metrics; raises if any loss since the last drain was not finite."""
+    host = jax.device_get(accumulator)
+    if host.first_nonfinite_step >= 0:
+        manager.wait_until_finished()
+        good = manager.latest_step()
+        last = f"the last good checkpoint is step {good} in {model_dir}" if good is not None else "no checkpoint was written"
+        raise TrainingDiverged(f"the loss became NaN or infinite at step {int(host.first_nonfinite_step) + 1}; "
+                               f"stopped ({last})")
+    return {k: float(v) / int(host.count) for k, v in host.sums.items()}
+
+
+def _write_run_files(model_dir, model_config, vocabulary):
+    """model_config.json, the vocabulary and the operative gin config, for encode/export/eval."""
+    checkpoints.save_model_config(model_dir, model_config)
+    if vocabulary:
+        from gtr_jax.vocab import _read_bytes, model_dir_vocabulary
+
+        with open(model_dir_vocabulary(model_dir), "wb") as f:
+            f.write(_read_bytes(vocabulary))
+    with open(os.path.join(model_dir, "config.gin"), "w", encoding="utf-8") as f:
+        f.write(gin.config_str())
+
+
+class MetricsWriter:
+    """Scalars to TensorBoard (clu) and to MODEL_DIR/metrics.jsonl, from process 0 only."""
+
+    def __init__(self, model_dir: str, enabled: bool):
+        self.enabled = enabled
+        if enabled:
+            from clu import metric_writers
+
+            self._tensorboard = metric_writers.create_default_writer(os.path.join(model_dir, "tensorboard"), asynchronous=True)
+            self._jsonl = open(os.path.join(model_dir, "metrics.jsonl"), "a", encoding="utf-8")
+
+    def write(self, step: int, scalars: dict):
+        """Record one set of scalars for a step."""
+        if not self.enabled or not scalars:
+            return
+        scalars = {k: float(v) for k, v in scalars.items()}
+        self._tensorboard.write_scalars(step, scalars)
+        self._jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
+        self._jsonl.flush()
+
+    def close(self):
+        """Flush and close both sinks."""
+        if self.enabled:
+            self._tensorboard.close()
+            self._jsonl.close()
+
+
+@gin.configurable
+class InBatchValidation:
+    """Contrastive loss and in-batch accuracy on held-out batches (same loss config as training).
+
+    `input_fn` is bound like `train.input_fn`, typically to a validation split; the same
+    `num_batches` batches (from step 0 of that pipeline) are scored at every evaluation.
+    """
+
+    def __init__(self, *, model, mesh, input_fn=gin.REQUIRED, batch_size: int = gin.REQUIRED, num_batches: int = 4,
+                 temperature: float = 0.01):
+        from gtr_jax import losses
+
+        batches = input_fn(global_batch_size=batch_size, start_step=0, shard_index=jax.process_index(),
+                           num_shards=jax.process_count(), seed=0)
+        self.batches = [partitioning.global_batch(next(batches), mesh) for _ in range(num_batches)]
+
+        def score(params, batch):
+            q, d, n = model.apply({"params": params}, batch["query_tokens"], batch["doc_tokens"], batch.get("negative_tokens"))
+            extra = {arg: batch[f] for f, arg in train_step.ID_FEATURES.items() if f in batch}
+            loss, metrics = losses.sharded_contrastive_loss(mesh, q, d, temperature=temperature, hard_neg_emb=n, **extra)
+            return {**metrics, "loss": loss}
+
+        self._score = jax.jit(score)
+
+    def __call__(self, params, step) -> dict:
+        """Mean metrics over the held-out batches."""
+        results = [jax.device_get(self._score(params, b)) for b in self.batches]
+        return {k: float(np.mean([r[k] for r in results])) for k in results[0]}

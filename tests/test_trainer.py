@@ -1,0 +1,186 @@
+"""The training loop: learning, mesh independence, resumption, corruption, divergence, CLI."""
+
+import json
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import gin
+import jax
+import numpy as np
+import pytest
+
+from gtr_jax import checkpoints, cli, trainer
+
+TESTS = pathlib.Path(__file__).resolve().parent
+TRAIN_GIN = str(TESTS / "tiny_train.gin")
+
+
+def train(model_dir, steps, *bindings):
+    """Run the tiny training in-process with extra gin bindings; returns the final state."""
+    gin.clear_config()
+    try:
+        cli.parse_gin([TRAIN_GIN], [f"MODEL_DIR = '{model_dir}'", f"TRAIN_STEPS = {steps}", *bindings], [str(TESTS)])
+        return trainer.train()
+    finally:
+        gin.clear_config()
+
+
+def logged(model_dir, key="loss"):
+    """{step: value} of one metric from metrics.jsonl."""
+    rows = [json.loads(line) for line in open(os.path.join(model_dir, "metrics.jsonl"))]
+    return {row["step"]: row[key] for row in rows if key in row}
+
+
+def final_params(model_dir):
+    params, step = checkpoints.restore_params(str(model_dir))
+    return step, jax.tree.map(np.asarray, params)
+
+
+def test_training_lowers_the_loss_and_raises_accuracy(tmp_path):
+    train(tmp_path, 30, "train.log_every = 10")
+    loss, accuracy = logged(tmp_path), logged(tmp_path, "acc_q2p")
+    assert loss[30] < 0.5 * loss[10], loss
+    assert accuracy[30] > accuracy[10] + 0.2, accuracy
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["checkpoint_30"]
+    assert {"model_config.json", "config.gin", "metrics.jsonl", "tensorboard"} <= set(os.listdir(tmp_path))
+    assert os.listdir(tmp_path / "tensorboard")
+
+
+def test_same_loss_trajectory_on_every_mesh(tmp_path):
+    # Dropout stays on: its masks must not depend on how the batch is split.
+    trajectories = {}
+    for shape, devices in [((1, 1), 1), ((8, 1), 8), ((4, 2), 8)]:
+        model_dir = tmp_path / f"mesh{shape[0]}x{shape[1]}"
+        train(model_dir, 5, f"make_mesh.mesh_shape = {shape}", f"make_mesh.num_devices = {devices}")
+        trajectories[shape] = logged(model_dir)
+    reference = trajectories[(1, 1)]
+    assert len(reference) == 5
+    for shape, losses in trajectories.items():
+        np.testing.assert_allclose([losses[s] for s in range(1, 6)], [reference[s] for s in range(1, 6)], atol=1e-5,
+                                   rtol=1e-5, err_msg=str(shape))
+
+
+def test_restores_onto_another_mesh_shape(tmp_path):
+    train(tmp_path / "straight", 6, "make_mesh.mesh_shape = (8, 1)")
+    # Stop after 3 steps of the same 6-step schedule, then go on on a 2×4 mesh.
+    train(tmp_path / "moved", 6, "make_mesh.mesh_shape = (8, 1)", "train.checkpoint_every = 3", "train.train_steps = 3")
+    train(tmp_path / "moved", 6, "make_mesh.mesh_shape = (2, 4)")
+    straight, moved = logged(tmp_path / "straight"), logged(tmp_path / "moved")
+    np.testing.assert_allclose([moved[s] for s in (4, 5, 6)], [straight[s] for s in (4, 5, 6)], atol=1e-5, rtol=1e-5)
+
+
+def test_starts_from_an_init_checkpoint(tmp_path):
+    train(tmp_path / "pretrained", 2)
+    _, pretrained = final_params(tmp_path / "pretrained")
+    # A zero learning rate leaves the initial params untouched.
+    train(tmp_path / "finetuned", 2, f"train.init_checkpoint = '{tmp_path / 'pretrained'}'",
+          "adafactor.base_learning_rate = 0.0")
+    _, finetuned = final_params(tmp_path / "finetuned")
+    jax.tree.map(np.testing.assert_array_equal, finetuned, pretrained)
+
+
+def test_init_checkpoint_of_another_shape_is_refused(tmp_path):
+    train(tmp_path / "pretrained", 1)
+    with pytest.raises(trainer.UserError, match="does not fit the configured model.*d_model 64 vs 32"):
+        train(tmp_path / "finetuned", 1, f"train.init_checkpoint = '{tmp_path / 'pretrained'}'", "T5Config.d_model = 32")
+
+
+def test_unreadable_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, capsys):
+    train(tmp_path, 4, "train.checkpoint_every = 2")
+    newest = tmp_path / "checkpoints" / "checkpoint_4"
+    data_files = sorted((p for p in newest.rglob("*") if p.is_file() and "params" in p.parts), key=lambda p: p.stat().st_size)
+    biggest = data_files[-1]
+    biggest.write_bytes(biggest.read_bytes()[: biggest.stat().st_size // 2])
+    capsys.readouterr()
+    state = train(tmp_path, 6, "train.checkpoint_every = 2")
+    out = capsys.readouterr().out
+    assert "checkpoint 4 is unreadable" in out and "corrupt_checkpoints" in out
+    assert int(state.step) == 6
+    assert (tmp_path / "corrupt_checkpoints" / "checkpoint_4").is_dir()
+    # Steps 3 and 4 were trained twice: once before the damage, once after resuming from step 2.
+    rows = [json.loads(line)["step"] for line in open(tmp_path / "metrics.jsonl")]
+    assert rows == [1, 2, 3, 4, 3, 4, 5, 6]
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    train(tmp_path, 4, "train.checkpoint_every = 2", "train.log_every = 2")
+    _, before = final_params(tmp_path)
+    # τ = 0 divides the logits by zero from the first resumed step on.
+    with pytest.raises(trainer.TrainingDiverged, match=r"NaN or infinite at step 5.*last good checkpoint is step 4"):
+        train(tmp_path, 8, "train.checkpoint_every = 2", "train.log_every = 2", "train.temperature = 0.0")
+    step, after = final_params(tmp_path)
+    assert step == 4
+    jax.tree.map(np.testing.assert_array_equal, after, before)
+
+
+def cli_command(model_dir, steps, *extra):
+    return [sys.executable, "-m", "gtr_jax", "train", f"--gin_file={TRAIN_GIN}", f"--gin_search_paths={TESTS}",
+            f"--gin.MODEL_DIR={model_dir}", f"--gin.TRAIN_STEPS={steps}", *extra]
+
+
+def subprocess_env(devices=8):
+    return {**os.environ, "PYTHONPATH": str(TESTS), "JAX_PLATFORMS": "cpu",
+            "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+
+
+def test_kill_and_resume_ends_bit_equal_to_an_uninterrupted_run(tmp_path):
+    common = ["--gin.train.checkpoint_every=4", "--gin.synthetic_pairs.step_delay=0.15"]
+    subprocess.run(cli_command(tmp_path / "straight", 24, *common), env=subprocess_env(), check=True, capture_output=True)
+
+    interrupted = tmp_path / "interrupted"
+    process = subprocess.Popen(cli_command(interrupted, 24, *common), env=subprocess_env(),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (interrupted / "checkpoints" / "checkpoint_8").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert (interrupted / "checkpoints" / "checkpoint_8").exists()
+    assert not (interrupted / "checkpoints" / "checkpoint_24").exists(), "the run finished before it was killed"
+
+    subprocess.run(cli_command(interrupted, 24, *common), env=subprocess_env(), check=True, capture_output=True)
+    step_a, straight = final_params(tmp_path / "straight")
+    step_b, resumed = final_params(interrupted)
+    assert step_a == step_b == 24
+    jax.tree.map(np.testing.assert_array_equal, resumed, straight)
+
+
+def test_two_processes_match_one(tmp_path):
+    subprocess.run(cli_command(tmp_path / "one", 4), env=subprocess_env(8), check=True, capture_output=True)
+    port = 20000 + os.getpid() % 20000
+    processes = [
+        subprocess.Popen(cli_command(tmp_path / "two", 4, f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+                                     f"--process_id={i}"), env=subprocess_env(4),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for i in range(2)
+    ]
+    for process in processes:
+        _, err = process.communicate(timeout=300)
+        assert process.returncode == 0, err[-2000:]
+    one, two = logged(tmp_path / "one"), logged(tmp_path / "two")
+    np.testing.assert_allclose([two[s] for s in range(1, 5)], [one[s] for s in range(1, 5)], atol=1e-5, rtol=1e-5)
+
+
+def test_gin_mistakes_are_one_line(tmp_path, capsys):
+    def error(*argv):
+        gin.clear_config()
+        try:
+            assert cli.main(["train", *argv]) == 1
+        finally:
+            gin.clear_config()
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+        return err
+
+    assert "nope.gin" in error("--gin_file=nope.gin")
+    assert "No configurable matching 'trian'" in error(f"--gin_file={TRAIN_GIN}", f"--gin_search_paths={TESTS}",
+                                                        f"--gin.MODEL_DIR={tmp_path}", "--gin.TRAIN_STEPS=1",
+                                                        "--gin.trian.seed=3")
+    assert "BATCH_SIZE 12 must be divisible" in error(f"--gin_file={TRAIN_GIN}", f"--gin_search_paths={TESTS}",
+                                                       f"--gin.MODEL_DIR={tmp_path}", "--gin.TRAIN_STEPS=1",
+                                                       "--gin.train.batch_size=12")
