@@ -44,6 +44,8 @@ setuptools.setup(
     version="0.1.0",
     description=__doc__,
     packages=setuptools.find_packages(include=["gtr_jax", "gtr_jax.*", "tasks", "tasks.*"]),
+    # The demo's SentencePiece model ships inside the package.
+    package_data={"gtr_jax": ["assets/*.model"]},
     python_requires=">=3.11",
     install_requires=INSTALL_REQUIRES,
     extras_require={"test": TEST_REQUIRES},

@@ -4,15 +4,120 @@ JSONL (BEIR corpus/queries style): one object per line with "text", optional "_i
 and optional "title"; a non-empty title is prepended to the text with a space, as BEIR
 does. TSV (MS MARCO style): `id<TAB>text` per line. The format follows the extension
 (.jsonl/.json vs .tsv/.txt).
+
+Dataset loaders read lines through `BadLines`, the one place that decides what a bad
+line does: by default it raises a UserError naming file and line; under the `skip`
+policy it counts the line by reason, and the loader reports the counts when it is done.
 """
 
+import collections
+import gzip
+import io
 import json
+import logging
 import os
+
+import gin
 
 from gtr_jax.errors import UserError, at_line
 
 JSONL_SUFFIXES = (".jsonl", ".json")
 TSV_SUFFIXES = (".tsv", ".txt")
+POLICIES = ("error", "skip")
+# Every line skipped in this process, by (file, reason): what a command reports at its end.
+SKIPPED: collections.Counter = collections.Counter()
+
+
+@gin.configurable
+def bad_lines_policy(bad_lines: str = "error") -> str:
+    """What a malformed input line does: 'error' (one UserError naming file and line) or 'skip'."""
+    if bad_lines not in POLICIES:
+        raise UserError(f"bad_lines must be one of {POLICIES}, not {bad_lines!r}")
+    return bad_lines
+
+
+class BadLines:
+    """Raises on the first bad line of a file, or counts it by reason under the skip policy."""
+
+    def __init__(self, policy: str | None = None):
+        self.policy = bad_lines_policy() if policy is None else bad_lines_policy(policy)
+        self.counts: collections.Counter = collections.Counter()
+
+    def reject(self, path: str, line_number: int, reason: str, detail: str = "") -> None:
+        """Raise for this line, or count it under `reason` when skipping."""
+        if self.policy == "error":
+            raise at_line(path, line_number, f"{reason}: {detail}" if detail else reason)
+        self.counts[(path, reason)] += 1
+        SKIPPED[(path, reason)] += 1
+
+    def report(self, what: str) -> None:
+        """Log the skipped-line counts (if any) once a dataset is loaded."""
+        if self.counts:
+            logging.warning("%s: %s", what, describe_skipped(self.counts))
+
+
+def describe_skipped(counts) -> str:
+    """One line per file: 'skipped 3 lines of a.tsv (2 malformed, 1 bad UTF-8)'."""
+    by_file: dict[str, dict[str, int]] = collections.defaultdict(dict)
+    for (path, reason), count in sorted(counts.items()):
+        by_file[path][reason] = count
+    return "; ".join(
+        f"skipped {sum(reasons.values())} lines of {path} ("
+        + ", ".join(f"{count} {reason}" for reason, count in reasons.items())
+        + ")"
+        for path, reasons in by_file.items()
+    )
+
+
+def read_bytes(path: str) -> bytes:
+    """The whole file (local or gs://), gunzipped when the name ends in .gz."""
+    try:
+        if path.startswith("gs://"):
+            # Only cloud paths need TensorFlow's file system; importing it costs seconds.
+            import tensorflow as tf
+
+            if not tf.io.gfile.exists(path):
+                raise UserError(f"{path}: no such file")
+            with tf.io.gfile.GFile(path, "rb") as f:
+                data = f.read()
+        else:
+            with open(path, "rb") as f:
+                data = f.read()
+        return gzip.decompress(data) if path.endswith(".gz") else data
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise UserError(f"{path}: is a directory, not a file") from None
+    except (gzip.BadGzipFile, EOFError, OSError) as e:
+        raise UserError(f"{path}: cannot read ({e})") from None
+
+
+def decoded_lines(path: str, bad: BadLines):
+    """(line number, text without newline) of each valid UTF-8 line; bad ones go to `bad`."""
+    for number, raw in enumerate(io.BytesIO(read_bytes(path)), start=1):
+        try:
+            yield number, raw.decode("utf-8").rstrip("\r\n")
+        except UnicodeDecodeError as e:
+            bad.reject(path, number, "bad UTF-8", f"{e.reason} at byte {e.start}")
+
+
+def json_objects(path: str, bad: BadLines, skip_first: bool = False):
+    """(line number, dict) of each line that is a JSON object; the rest go to `bad`."""
+    for number, line in decoded_lines(path, bad):
+        if skip_first and number == 1:
+            continue
+        if not line.strip():
+            bad.reject(path, number, "empty line")
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            bad.reject(path, number, "malformed", f"not valid JSON ({e.msg})")
+            continue
+        if not isinstance(record, dict):
+            bad.reject(path, number, "malformed", "expected a JSON object")
+            continue
+        yield number, record
 
 
 def _lines(path: str):

@@ -5,6 +5,7 @@ rows, the last 100 ids being sentinels that retrieval never produces) is the def
 Any local `.model` file works; tests and the demo use a small one the project builds.
 """
 
+import functools
 import os
 
 import gin
@@ -53,6 +54,15 @@ class Tokenizer:
         """Number of SentencePiece pieces (the model's embedding may have more rows)."""
         return self._processor.get_piece_size()
 
+    @property
+    def unk_id(self) -> int:
+        """Id of pieces the model does not know."""
+        return self._processor.unk_id()
+
+    def pieces(self, texts: list[str]) -> list[list[int]]:
+        """SentencePiece ids of each text, without EOS or truncation."""
+        return self._processor.encode(list(texts))
+
     def encode(self, texts: list[str], max_length: int) -> list[list[int]]:
         """Token ids of each text, EOS-terminated and at most max_length long."""
         if max_length < 1:
@@ -66,6 +76,17 @@ class Tokenizer:
             if stop in ids:
                 ids = ids[: ids.index(stop)]
         return self._processor.decode(ids)
+
+
+def configured_path() -> str:
+    """The vocabulary a bare Tokenizer() would load: gin's `Tokenizer.path`, else T5's."""
+    return gin.get_bindings(Tokenizer).get("path", T5_VOCABULARY)
+
+
+@functools.lru_cache(maxsize=8)
+def shared_tokenizer(path: str) -> Tokenizer:
+    """One Tokenizer per path for the whole process (data pipelines ask for it per batch)."""
+    return Tokenizer(path)
 
 
 def pad_batch(token_lists: list[list[int]], length: int, rows: int | None = None) -> np.ndarray:

@@ -1,0 +1,16 @@
+"""demo_train / demo_test: the embedded standard-library docstring task, with the demo vocabulary."""
+
+import functools
+
+from gtr_jax import data, demo
+from gtr_jax.features import TokenizerVocabulary
+
+_VOCABULARY = TokenizerVocabulary(demo.DEMO_VOCABULARY)
+for _split in demo.SPLITS:
+    data.register_task(
+        f"demo_{_split}",
+        _split,
+        functools.partial(demo.pairs, _split),
+        eval_set=functools.partial(demo.eval_set, _split),
+        vocabulary=_VOCABULARY,
+    )
