@@ -26,6 +26,8 @@ INSTALL_REQUIRES = [
     "safetensors==0.8.0",
     "tqdm==4.70.1",
     "absl-py==2.5.1",
+    "matplotlib==3.11.2",
+    "scikit-learn==1.9.1",
 ]
 
 TEST_REQUIRES = [
@@ -39,6 +41,9 @@ TEST_REQUIRES = [
     "pytrec-eval-terrier==0.5.11",
 ]
 
+# Peers the benchmarks under bench/ measure against (not needed by tests).
+BENCH_REQUIRES = TEST_REQUIRES + ["faiss-cpu==1.15.1"]
+
 setuptools.setup(
     name="gtr_jax",
     version="0.1.0",
@@ -48,6 +53,6 @@ setuptools.setup(
     package_data={"gtr_jax": ["assets/*.model"]},
     python_requires=">=3.11",
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": TEST_REQUIRES},
+    extras_require={"test": TEST_REQUIRES, "bench": BENCH_REQUIRES},
     entry_points={"console_scripts": ["gtr-jax = gtr_jax.cli:main"]},
 )
