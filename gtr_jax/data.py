@@ -24,6 +24,7 @@ import dataclasses
 import functools
 from typing import Callable, Iterator
 
+import gin
 import numpy as np
 import seqio
 import tensorflow as tf
@@ -116,6 +117,7 @@ def load_eval_set(task_name: str) -> EvalSet:
     return source.eval_set()
 
 
+@gin.configurable
 def task_vocabulary_path(task_or_mixture_name: str) -> str:
     """The SentencePiece model a task (or every task of a mixture) tokenizes with."""
     paths = {t.output_features["query"].vocabulary.path for t in _tasks(task_or_mixture_name)[0]}
@@ -196,6 +198,7 @@ class _Stream:
         return out
 
 
+@gin.configurable
 def batch_iterator(
     task_or_mixture_name: str,
     *,

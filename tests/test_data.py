@@ -11,7 +11,7 @@ import seqio
 
 import tasks  # noqa: F401  (registers the tasks)
 from data_files import PASSAGES, QUERIES_TRAIN, tokens, write_msmarco
-from gtr_jax import beir, data, demo, msmarco, partitioning
+from gtr_jax import beir, data, demo, msmarco
 from gtr_jax.demo import DEMO_VOCABULARY
 from gtr_jax.errors import UserError
 from gtr_jax.examples import stable_ids
@@ -122,16 +122,6 @@ def test_mixture_batches_follow_the_rates():
         assert_same(batches[5:], take("test_demo_mixture", 3, global_batch_size=64, start_step=5))
     finally:
         seqio.MixtureRegistry.remove("test_demo_mixture")
-
-
-def test_to_global_batch_shards_rows_over_data():
-    mesh = jax.make_mesh((4, 2), ("data", "model"), axis_types=(jax.sharding.AxisType.Auto,) * 2)
-    (batch,) = take("demo_train", 1)
-    arrays = partitioning.global_batch(batch, mesh)
-    assert arrays["doc_tokens"].shape == (8, 32)
-    assert arrays["doc_tokens"].sharding.spec == jax.sharding.PartitionSpec("data")
-    assert {s.data.shape for s in arrays["doc_tokens"].addressable_shards} == {(2, 32)}
-    np.testing.assert_array_equal(np.asarray(arrays["query_ids"]), batch["query_ids"])
 
 
 def test_eval_set_and_errors():

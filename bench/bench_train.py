@@ -1,0 +1,205 @@
+"""Train-step benchmark: gtr_jax vs sentence-transformers on the same T5.1.1-small SDE, same run.
+
+Measures, on this machine's CPU (one XLA device using every core, as a real run would):
+  * examples/s and tokens/s of a full train step (forward, backward, optimizer) at batch
+    32, lengths 64/128, for gtr_jax and for sentence-transformers' MultipleNegativesRanking
+    loss with query-side same-tower negatives (SamToNe) on PyTorch, and their ratio;
+  * MFU: model FLOPs per step / step time / the jnp.dot float32 peak measured in this run;
+  * memory of one step: GradCache at global batch 4096 vs the plain step at the largest
+    batch that fits, from XLA's compiled memory analysis (arguments + outputs +
+    temporaries of the program: what the step needs at its peak, without running it).
+
+Run: .venv/bin/python bench/bench_train.py [--steps 5] [--skip_peer]
+"""
+
+import argparse
+import json
+import os
+import statistics
+import time
+
+os.environ.setdefault("USE_TF", "0")
+os.environ.setdefault("USE_FLAX", "0")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import gin  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+from flax.core import meta  # noqa: E402
+
+import gtr_jax.losses  # noqa: E402,F401  (registers contrastive_loss with gin)
+from gtr_jax import dual_encoder, partitioning, t5, train_step  # noqa: E402
+
+# SamToNe on the query side, as in the peer's directions=("query_to_doc", "query_to_query").
+gin.bind_parameter("contrastive_loss.same_tower", "query")
+
+BATCH, QUERY_LENGTH, DOC_LENGTH, EMBED = 32, 64, 128, 768
+SMALL = t5.T5Config(vocab_size=32128, d_model=512, num_layers=8, num_heads=6, d_kv=64, d_ff=1024, dropout_rate=0.1)
+MEMORY_LIMIT = 20 * 2**30  # what a step may use on this 24 GiB machine
+
+
+def matmul_peak_gflops(size=2048, repeats=10) -> float:
+    """Best float32 GFLOP/s of a jitted size x size matmul."""
+    a = jnp.asarray(np.random.default_rng(0).standard_normal((size, size)), jnp.float32)
+    dot = jax.jit(jnp.dot)
+    dot(a, a).block_until_ready()
+    best = min(_timed(lambda: dot(a, a).block_until_ready()) for _ in range(repeats))
+    return 2 * size**3 / best / 1e9
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def encoder_flops(config: t5.T5Config, batch: int, length: int) -> float:
+    """Forward matmul FLOPs of the encoder + projection over `batch` sequences of `length`."""
+    inner = config.num_heads * config.d_kv
+    ffn = (3 if config.feed_forward == "gated-gelu" else 2) * config.d_model * config.d_ff
+    per_token = 2 * (4 * config.d_model * inner + ffn) + 2 * 2 * length * inner  # weights + QK^T and AV
+    return batch * (config.num_layers * length * per_token + 2 * config.d_model * EMBED)
+
+
+def model_flops_per_step(config, batch) -> float:
+    """Forward + backward (2x forward) FLOPs of both towers and the B x B similarity matmuls."""
+    forward = encoder_flops(config, batch, QUERY_LENGTH) + encoder_flops(config, batch, DOC_LENGTH)
+    forward += 2 * 2 * batch * batch * EMBED  # q·p and q·q logits
+    return 3 * forward
+
+
+def random_batch(batch: int, seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    tokens = lambda length: np.concatenate(
+        [rng.integers(3, 32000, (batch, length - 1)), np.ones((batch, 1))], axis=1).astype(np.int32)
+    ids = np.arange(batch, dtype=np.int32)
+    return {"query_tokens": tokens(QUERY_LENGTH), "doc_tokens": tokens(DOC_LENGTH), "query_ids": ids, "doc_ids": ids}
+
+
+def jax_step(batch_size: int, chunk: int | None):
+    """(jitted update, state, batch) of the T5.1.1-small SDE with SamToNe on one device."""
+    model = dual_encoder.DualEncoder(SMALL, "sde", EMBED)
+    mesh = partitioning.make_mesh((1, 1), num_devices=1)
+    tx = optax.adafactor(1e-3)
+    batch = random_batch(batch_size)
+    tokens = jnp.ones((1, 2), jnp.int32)
+    params = jax.jit(lambda k: meta.unbox(model.init(k, tokens, tokens)["params"]))(jax.random.key(0))
+    state = train_step.TrainState(jnp.zeros((), jnp.int32), params, {}, tx.init((params, {})))
+    update = train_step.make_update(model, tx, mesh, temperature=0.01, dropout_seed=0, grad_cache_chunk_size=chunk)
+    return jax.jit(update, donate_argnums=0), state, jax.device_put(batch), mesh
+
+
+def bench_jax(steps: int) -> float:
+    """Median seconds per train step of gtr_jax."""
+    update, state, batch, mesh = jax_step(BATCH, None)
+    times = []
+    with jax.set_mesh(mesh):
+        state, metrics = update(state, batch)
+        jax.block_until_ready(metrics)
+        for _ in range(steps):
+            start = time.perf_counter()
+            state, metrics = update(state, batch)
+            jax.block_until_ready(metrics)
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def bench_sentence_transformers(steps: int) -> float:
+    """Median seconds per train step of sentence-transformers (PyTorch) on the same shapes."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.losses import MultipleNegativesRankingLoss
+    from sentence_transformers.sentence_transformer import modules
+    from transformers import T5Config, T5EncoderModel
+    from transformers.optimization import Adafactor
+
+    config = T5Config(vocab_size=32128, d_model=512, d_kv=64, d_ff=1024, num_layers=8, num_heads=6,
+                      feed_forward_proj="gated-gelu", dropout_rate=0.1)
+    directory = "/tmp/bench_train_t5_small"
+    T5EncoderModel(config).save_pretrained(directory)
+    transformer = _transformer_without_tokenizer(directory)
+    dense = modules.Dense(512, EMBED, bias=False, activation_function=torch.nn.Identity())
+    model = SentenceTransformer(modules=[transformer, modules.Pooling(512, "mean"), dense, modules.Normalize()]).train()
+    loss = MultipleNegativesRankingLoss(model=model, scale=100.0, directions=("query_to_doc", "query_to_query"))
+    optimizer = Adafactor(model.parameters(), lr=1e-3, relative_step=False, scale_parameter=True, warmup_init=False)
+    batch = {k: torch.from_numpy(v.astype(np.int64)) for k, v in random_batch(BATCH).items()}
+
+    def step():
+        query = model({"input_ids": batch["query_tokens"], "attention_mask": batch["query_tokens"] != 0})
+        doc = model({"input_ids": batch["doc_tokens"], "attention_mask": batch["doc_tokens"] != 0})
+        value = loss.compute_loss_from_embeddings([query["sentence_embedding"], doc["sentence_embedding"]], labels=None)
+        optimizer.zero_grad()
+        value.backward()
+        optimizer.step()
+
+    step()
+    return statistics.median(_timed(step) for _ in range(steps))
+
+
+def _transformer_without_tokenizer(directory):
+    """A sentence-transformers Transformer module over the saved T5 (inputs are pre-tokenized)."""
+    from sentence_transformers.sentence_transformer import modules
+    from transformers import T5TokenizerFast
+
+    # Any T5 tokenizer satisfies the constructor; the benchmark feeds token ids directly.
+    tokenizer_dir = os.path.join(directory, "tokenizer")
+    if not os.path.exists(tokenizer_dir):
+        import sys
+
+        sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
+        import hf_models
+
+        spm = hf_models.train_sentencepiece(os.path.join(directory, "spiece.model"))
+        T5TokenizerFast(vocab_file=spm).save_pretrained(tokenizer_dir)
+    return modules.Transformer(directory, tokenizer_name_or_path=tokenizer_dir)
+
+
+def step_memory_bytes(batch_size: int, chunk: int | None) -> int:
+    """Arguments + outputs + temporaries of the compiled step at `batch_size` (not run)."""
+    update, state, batch, mesh = jax_step(batch_size, chunk)
+    with jax.set_mesh(mesh):
+        analysis = update.lower(state, batch).compile().memory_analysis()
+    return analysis.argument_size_in_bytes + analysis.output_size_in_bytes + analysis.temp_size_in_bytes
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--skip_peer", action="store_true", help="do not train sentence-transformers")
+    parser.add_argument("--skip_memory", action="store_true", help="do not compile the big-batch steps")
+    args = parser.parse_args()
+
+    peak = matmul_peak_gflops()
+    flops = model_flops_per_step(SMALL, BATCH)
+    jax_seconds = bench_jax(args.steps)
+    tokens = BATCH * (QUERY_LENGTH + DOC_LENGTH)
+    rows = [("gtr_jax", jax_seconds)]
+    if not args.skip_peer:
+        rows.append(("sentence-transformers", bench_sentence_transformers(args.steps)))
+    print(f"T5.1.1-small SDE, SamToNe, batch {BATCH}, lengths {QUERY_LENGTH}/{DOC_LENGTH}; "
+          f"{flops / 1e12:.3f} model TFLOP per step; jnp.dot f32 peak {peak:.1f} GFLOP/s")
+    print(f"{'trainer':24s} {'s/step':>8s} {'examples/s':>11s} {'tokens/s':>9s} {'MFU':>6s}")
+    for name, seconds in rows:
+        print(f"{name:24s} {seconds:8.2f} {BATCH / seconds:11.2f} {tokens / seconds:9.0f} "
+              f"{flops / seconds / (peak * 1e9):6.1%}")
+    if len(rows) == 2:
+        print(f"gtr_jax / sentence-transformers examples/s: {rows[1][1] / rows[0][1]:.2f}x")
+    results = {"seconds_per_step": dict(rows), "peak_gflops": peak, "model_flops": flops}
+
+    if not args.skip_memory:
+        grad_cache = step_memory_bytes(4096, 32)
+        plain_batch = BATCH
+        while step_memory_bytes(plain_batch * 2, None) <= MEMORY_LIMIT and plain_batch < 4096:
+            plain_batch *= 2
+        plain = step_memory_bytes(plain_batch, None)
+        print("step memory (XLA compiled: arguments + outputs + temporaries)")
+        print(f"  GradCache, batch 4096, chunk 32: {grad_cache / 2**30:.2f} GiB")
+        print(f"  plain, largest batch under {MEMORY_LIMIT / 2**30:.0f} GiB = {plain_batch}: {plain / 2**30:.2f} GiB")
+        results.update(grad_cache_4096_bytes=grad_cache, plain_batch=plain_batch, plain_bytes=plain)
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()
