@@ -110,7 +110,7 @@ def bench_sentence_transformers(steps: int) -> float:
     """Median seconds per train step of sentence-transformers (PyTorch) on the same shapes."""
     import torch
     from sentence_transformers import SentenceTransformer
-    from sentence_transformers.losses import MultipleNegativesRankingLoss
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
     from sentence_transformers.sentence_transformer import modules
     from transformers import T5Config, T5EncoderModel
     from transformers.optimization import Adafactor

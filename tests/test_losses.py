@@ -200,7 +200,7 @@ def mnrl():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         import torch
-        from sentence_transformers.losses import MultipleNegativesRankingLoss
+        from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
 
     def st_loss(embeddings, tau, **kwargs):
         fn = MultipleNegativesRankingLoss(model=None, scale=1 / tau, **kwargs)
