@@ -56,13 +56,16 @@ def train(
     temperature: float = 0.01,
     learn_temperature: bool = False,
     progress: bool = True,
-) -> train_step.TrainState:
+    dry_run: bool = False,
+) -> train_step.TrainState | None:
     """Train a dual encoder for `train_steps` steps (resuming if MODEL_DIR has checkpoints).
 
     `input_fn(global_batch_size=, start_step=, shard_index=, num_shards=, seed=)` yields
     this process's numpy batches from `start_step` on. `evaluators` are factories
     `f(model=, mesh=)` returning `evaluate(params, step) -> {name: value}`, run every
-    `eval_every` steps. Returns the final state.
+    `eval_every` steps. Returns the final state. With `dry_run`, builds everything (mesh,
+    shardings, optimizer, loss, the first batch) and traces one step without
+    initializing parameters or writing anything, then returns None.
     """
     if input_fn is None:
         raise UserError("train needs an input pipeline: bind train.input_fn in gin")
@@ -95,6 +98,11 @@ def train(
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state_shape, state_shardings
     )
 
+    update = train_step.make_update(model, tx, mesh, temperature=temperature, dropout_seed=seed,
+                                    grad_cache_chunk_size=grad_cache_chunk_size)
+    if dry_run:
+        return _dry_run(update, abstract_state, input_fn, batch_size, seed, mesh, model_config)
+
     # ---------------------------------------------------------------- restore or initialize
     os.makedirs(model_dir, exist_ok=True)
     manager = checkpoints.checkpoint_manager(model_dir, max_to_keep=keep_checkpoints, enable_async_checkpointing=True)
@@ -107,8 +115,6 @@ def train(
         _write_run_files(model_dir, model_config, vocabulary)
 
     # ---------------------------------------------------------------- update step
-    update = train_step.make_update(model, tx, mesh, temperature=temperature, dropout_seed=seed,
-                                    grad_cache_chunk_size=grad_cache_chunk_size)
     batches = input_fn(global_batch_size=batch_size, start_step=start, shard_index=jax.process_index(),
                        num_shards=jax.process_count(), seed=seed)
     first_batch = partitioning.global_batch(next(batches), mesh)
@@ -163,6 +169,19 @@ def train(
     if is_writer:
         print(f"trained to step {int(state.step)}; checkpoints, metrics.jsonl and tensorboard/ are in {model_dir}")
     return state
+
+
+def _dry_run(update, abstract_state, input_fn, batch_size, seed, mesh, model_config):
+    """Trace one step on the first real batch; print what a run would use."""
+    batches = input_fn(global_batch_size=batch_size, start_step=0, shard_index=jax.process_index(),
+                       num_shards=jax.process_count(), seed=seed)
+    batch = partitioning.global_batch(next(batches), mesh)
+    metrics = jax.eval_shape(update, abstract_state, batch)[1]
+    num_params = sum(x.size for x in jax.tree.leaves(abstract_state.params))
+    print(f"dry run: {model_config.tower} model, {num_params:,} parameters, mesh {dict(mesh.shape)}")
+    print("batch: " + ", ".join(f"{k} {tuple(v.shape)}" for k, v in sorted(batch.items())))
+    print("metrics: " + ", ".join(sorted(metrics)))
+    return None
 
 
 def _initial_state(model, tx, model_config, init_checkpoint, seed, learn_temperature, temperature,
