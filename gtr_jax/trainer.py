@@ -15,8 +15,6 @@ Reliability contract:
 
 import json
 import logging
-import os
-import shutil
 import time
 
 import gin
@@ -25,7 +23,9 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import tqdm
+from etils import epath
 from flax.core import meta
+from jax.experimental import multihost_utils
 
 from gtr_jax import checkpoints, dual_encoder, optim, partitioning, train_step
 from gtr_jax.errors import UserError
@@ -104,7 +104,7 @@ def train(
         return _dry_run(update, abstract_state, input_fn, batch_size, seed, mesh, model_config)
 
     # ---------------------------------------------------------------- restore or initialize
-    os.makedirs(model_dir, exist_ok=True)
+    epath.Path(model_dir).mkdir(parents=True, exist_ok=True)
     manager = checkpoints.checkpoint_manager(model_dir, max_to_keep=keep_checkpoints, enable_async_checkpointing=True)
     state = _restore_newest_good(manager, model_dir, abstract_state)
     if state is None:
@@ -208,11 +208,12 @@ def _restore_newest_good(manager, model_dir, abstract_state):
         try:
             return checkpoints.restore_train_state(manager, step, abstract_state)
         except Exception as error:  # orbax/tensorstore raise many types for damaged files
-            quarantine = os.path.join(model_dir, "corrupt_checkpoints")
-            os.makedirs(quarantine, exist_ok=True)
-            source = os.path.join(model_dir, checkpoints.CHECKPOINTS, f"{checkpoints.STEP_PREFIX}_{step}")
+            quarantine = epath.Path(model_dir) / "corrupt_checkpoints"
+            name = f"{checkpoints.STEP_PREFIX}_{step}"
             if jax.process_index() == 0:
-                shutil.move(source, os.path.join(quarantine, f"{checkpoints.STEP_PREFIX}_{step}"))
+                quarantine.mkdir(parents=True, exist_ok=True)
+                (epath.Path(model_dir) / checkpoints.CHECKPOINTS / name).rename(quarantine / name)
+            multihost_utils.sync_global_devices(f"quarantined {name}")
             manager.reload()
             message = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
             log.warning("checkpoint %d is unreadable (%s); moved it to %s and resuming from an older one",
@@ -235,26 +236,29 @@ def _drain(accumulator, manager, model_dir) -> dict:
 
 def _write_run_files(model_dir, model_config, vocabulary):
     """model_config.json, the vocabulary and the operative gin config, for encode/export/eval."""
-    checkpoints.save_model_config(model_dir, model_config)
+    directory = epath.Path(model_dir)
+    (directory / checkpoints.MODEL_CONFIG).write_text(model_config.to_json() + "\n")
     if vocabulary:
-        from gtr_jax.vocab import _read_bytes, model_dir_vocabulary
-
-        with open(model_dir_vocabulary(model_dir), "wb") as f:
-            f.write(_read_bytes(vocabulary))
-    with open(os.path.join(model_dir, "config.gin"), "w", encoding="utf-8") as f:
-        f.write(gin.config_str())
+        (directory / "spiece.model").write_bytes(epath.Path(vocabulary).read_bytes())
+    (directory / "config.gin").write_text(gin.config_str())
 
 
 class MetricsWriter:
-    """Scalars to TensorBoard (clu) and to MODEL_DIR/metrics.jsonl, from process 0 only."""
+    """Scalars to TensorBoard (clu) and to MODEL_DIR/metrics.jsonl, from process 0 only.
+
+    The JSONL file is rewritten whole at each write: cloud storage cannot append, and a
+    run logs a few hundred lines.
+    """
 
     def __init__(self, model_dir: str, enabled: bool):
         self.enabled = enabled
         if enabled:
             from clu import metric_writers
 
-            self._tensorboard = metric_writers.create_default_writer(os.path.join(model_dir, "tensorboard"), asynchronous=True)
-            self._jsonl = open(os.path.join(model_dir, "metrics.jsonl"), "a", encoding="utf-8")
+            self._tensorboard = metric_writers.create_default_writer(str(epath.Path(model_dir) / "tensorboard"),
+                                                                     asynchronous=True)
+            self._jsonl = epath.Path(model_dir) / "metrics.jsonl"
+            self._lines = self._jsonl.read_text().splitlines(keepends=True) if self._jsonl.exists() else []
 
     def write(self, step: int, scalars: dict):
         """Record one set of scalars for a step."""
@@ -262,14 +266,13 @@ class MetricsWriter:
             return
         scalars = {k: float(v) for k, v in scalars.items()}
         self._tensorboard.write_scalars(step, scalars)
-        self._jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
-        self._jsonl.flush()
+        self._lines.append(json.dumps({"step": step, **scalars}) + "\n")
+        self._jsonl.write_text("".join(self._lines))
 
     def close(self):
-        """Flush and close both sinks."""
+        """Flush TensorBoard."""
         if self.enabled:
             self._tensorboard.close()
-            self._jsonl.close()
 
 
 @gin.configurable
