@@ -41,7 +41,9 @@ def checkpoint_manager(model_dir: str, read_only: bool = False, **options) -> oc
         absl_logger.setLevel(logging.ERROR)
     try:
         options = ocp.CheckpointManagerOptions(step_prefix=STEP_PREFIX, read_only=read_only, create=not read_only, **options)
-        return ocp.CheckpointManager(os.path.join(os.path.abspath(model_dir), CHECKPOINTS), options=options)
+        # Cloud paths (gs://...) are absolute already; os.path would mangle them.
+        root = model_dir if "://" in model_dir else os.path.abspath(model_dir)
+        return ocp.CheckpointManager(f"{root.rstrip('/')}/{CHECKPOINTS}", options=options)
     finally:
         absl_logger.setLevel(level)
 
@@ -97,6 +99,9 @@ def restore_params(model_dir: str, step: int | None = None, shardings=None, mode
     _check_compatible(model_dir, saved_config, target_config)
     manager = checkpoint_manager(model_dir, read_only=True)
     steps = manager.all_steps()
+    if step is not None and step not in steps and _unfinished(model_dir, step):
+        raise UserError(f"{model_dir}: checkpoint {step} is half-written (its save never finished); "
+                        f"finished ones: {sorted(steps)}")
     if not steps:
         raise UserError(f"{model_dir}: no checkpoints under {CHECKPOINTS}/")
     if step is None:
@@ -104,9 +109,8 @@ def restore_params(model_dir: str, step: int | None = None, shardings=None, mode
     elif step not in steps:
         raise UserError(f"{model_dir}: no checkpoint for step {step}; available: {sorted(steps)}")
     if saved_config.encoder.scan_layers == target_config.encoder.scan_layers:
-        target = ocp.args.StandardRestore(abstract_params(target_config, shardings))
-        return manager.restore(step, args=ocp.args.Composite(params=target))["params"], step
-    restored = manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract_params(saved_config))))
+        return _restore_params_item(manager, model_dir, step, abstract_params(target_config, shardings)), step
+    restored = {"params": _restore_params_item(manager, model_dir, step, abstract_params(saved_config))}
     convert = t5.stack_layers if target_config.encoder.scan_layers else t5.unstack_layers
     params = {
         name: convert(tree, target_config.encoder.num_layers) if name.endswith("encoder") else tree
@@ -114,6 +118,25 @@ def restore_params(model_dir: str, step: int | None = None, shardings=None, mode
     }
     target = abstract_params(target_config, shardings)
     return jax.tree.map(lambda x, t: jax.device_put(x, t.sharding), params, target), step
+
+
+def _unfinished(model_dir: str, step: int) -> bool:
+    """Whether orbax left the temporary directory of an interrupted save of `step`."""
+    directory = os.path.join(model_dir, CHECKPOINTS)
+    prefix = f"{STEP_PREFIX}_{step}.orbax-checkpoint-tmp"
+    return any(name.startswith(prefix) for name in os.listdir(directory)) if os.path.isdir(directory) else False
+
+
+def _restore_params_item(manager: ocp.CheckpointManager, model_dir: str, step: int, target):
+    """The `params` item of a checkpoint; a damaged one is a one-line UserError, not a tensorstore trace."""
+    try:
+        return manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(target)))["params"]
+    except Exception as error:  # orbax/tensorstore raise many types for damaged files
+        # The innermost cause names the damaged file; orbax's wrappers add a TensorStore dump.
+        while error.__cause__ is not None:
+            error = error.__cause__
+        message = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
+        raise UserError(f"{model_dir}: checkpoint {step} is unreadable ({message})") from None
 
 
 def _check_compatible(model_dir: str, saved: dual_encoder.ModelConfig, wanted: dual_encoder.ModelConfig):

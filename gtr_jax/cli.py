@@ -14,6 +14,10 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from gtr_jax.errors import UserError
+from gtr_jax.analysis import add_analyze_parser
+from gtr_jax.evaluation import add_evaluate_parser
+from gtr_jax.export import add_export_parser
+from gtr_jax.metrics import add_metrics_parser
 
 
 def _import_command(args):
@@ -32,20 +36,27 @@ def _import_command(args):
         rng = np.random.default_rng(args.seed)
         projection = rng.normal(0, encoder_config.d_model**-0.5, (encoder_config.d_model, args.embed_dim)).astype(np.float32)
         # T5 was pre-trained on 512-token inputs.
-        vocab_dir, max_length = source, 512
+        vocab_dir, lengths = source, {"query": 512, "doc": 512}
+        params = hf_weights.model_params(encoder, projection, args.tower)
+    elif hf_weights.is_router_model(source):
+        # An asymmetric export (ade, ade_spl) brings its own tower layout and per-tower lengths.
+        args.tower, encoder_config, params, lengths, vocab_dir = hf_weights.read_asymmetric_sentence_transformers(source)
     else:
         encoder_config, encoder, projection, max_length, vocab_dir = hf_weights.read_sentence_transformers(source)
-        max_length = max_length or 512
+        lengths = {"query": max_length, "doc": max_length}
+        params = hf_weights.model_params(encoder, projection, args.tower)
+    lengths = {tower: length or 512 for tower, length in lengths.items()}
     encoder_config = t5.T5Config(**{**encoder_config.to_dict(), "scan_layers": args.scan_layers})
     if args.scan_layers:
-        encoder = t5.stack_layers(encoder, encoder_config.num_layers)
-    model_config = dual_encoder.ModelConfig(encoder_config, args.tower, projection.shape[1], max_length, max_length)
-    params = hf_weights.model_params(encoder, projection, args.tower)
+        params = {name: t5.stack_layers(tree, encoder_config.num_layers) if name.endswith("encoder") else tree
+                  for name, tree in params.items()}
+    embed_dim = next(tree["dense"]["kernel"].shape[1] for name, tree in params.items() if name.endswith("projection"))
+    model_config = dual_encoder.ModelConfig(encoder_config, args.tower, embed_dim, lengths["query"], lengths["doc"])
     with checkpoints.atomic_directory(args.output, overwrite=args.overwrite) as staging:
         hf_weights.copy_vocabulary(vocab_dir, args.vocab, staging)
         checkpoints.write_model_dir(staging, model_config, params, step=0)
     print(f"wrote {args.tower} model ({encoder_config.num_layers} layers, d_model {encoder_config.d_model}, "
-          f"embed_dim {model_config.embed_dim}, max length {max_length}) to {os.path.abspath(args.output)}")
+          f"embed_dim {model_config.embed_dim}, max lengths {lengths}) to {os.path.abspath(args.output)}")
 
 
 def _encode_command(args):
@@ -161,7 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--from", dest="source_format", choices=("hf", "sentence-transformers"), required=True)
     imp.add_argument("source", metavar="SRC", help="the HF or sentence-transformers model directory")
     imp.add_argument("--output", required=True, help="model directory to create")
-    imp.add_argument("--tower", choices=("sde", "ade", "ade_spl"), default="sde")
+    imp.add_argument("--tower", choices=("sde", "ade", "ade_spl"), default="sde",
+                     help="tower layout (a sentence-transformers Router model brings its own)")
     imp.add_argument("--embed_dim", type=int, default=768, help="projection size (hf only; ST takes its Dense)")
     imp.add_argument("--seed", type=int, default=0, help="seed of the projection's init (hf only)")
     imp.add_argument("--vocab", help="SentencePiece model to use instead of SRC/spiece.model")
@@ -180,6 +192,11 @@ def build_parser() -> argparse.ArgumentParser:
     enc.add_argument("--batch_size", type=int, default=64)
     enc.add_argument("--quiet", action="store_true", help="no progress bar")
     enc.set_defaults(run=_encode_command)
+
+    add_export_parser(commands)
+    add_evaluate_parser(commands)
+    add_metrics_parser(commands)
+    add_analyze_parser(commands)
     return parser
 
 

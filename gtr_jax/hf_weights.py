@@ -4,7 +4,9 @@ Only safetensors are read. A `pytorch_model.bin` is a pickle, and unpickling run
 arbitrary code, so it is refused with instructions to convert it.
 
 The mapping between HF tensor names and our parameter tree is one table,
-`hf_tensor_names`, so the export direction can reuse it.
+`hf_tensor_names`, used in both directions: reading here, writing by `gtr-jax export`
+(`hf_config`, `encoder_params_to_hf`). Asymmetric models (ADE, ADE-SPL) are read from the
+sentence-transformers `Router` layout that the export writes.
 """
 
 import json
@@ -75,6 +77,45 @@ def t5_config_from_hf(config_path: str) -> t5.T5Config:
         )
     except KeyError as e:
         raise UserError(f"{config_path}: missing field {e.args[0]!r}") from None
+
+
+def hf_config(config: t5.T5Config) -> dict:
+    """An HF `config.json` for a `T5EncoderModel` of this shape; `t5_config_from_hf` reads it back."""
+    return {
+        "architectures": ["T5EncoderModel"],
+        "model_type": "t5",
+        "vocab_size": config.vocab_size,
+        "d_model": config.d_model,
+        "num_layers": config.num_layers,
+        "num_heads": config.num_heads,
+        "d_kv": config.d_kv,
+        "d_ff": config.d_ff,
+        "feed_forward_proj": config.feed_forward,
+        "relative_attention_num_buckets": config.relative_attention_num_buckets,
+        "relative_attention_max_distance": config.relative_attention_max_distance,
+        "dropout_rate": config.dropout_rate,
+        "layer_norm_epsilon": config.layer_norm_epsilon,
+        "is_encoder_decoder": False,
+        "use_cache": False,
+        "pad_token_id": 0,
+        "eos_token_id": 1,
+    }
+
+
+def encoder_params_to_hf(encoder: dict, config: t5.T5Config) -> dict[str, np.ndarray]:
+    """HF T5 tensors (name -> float32 array) of our unscanned encoder params.
+
+    The token embedding is written once, as `shared.weight`: HF ties the encoder's
+    `embed_tokens` to it on load, as it does for checkpoints it saves itself.
+    """
+    tensors = {}
+    for path, (name, transposed) in hf_tensor_names(config).items():
+        node = encoder
+        for key in path:
+            node = node[key]
+        value = np.asarray(node, dtype=np.float32)
+        tensors[name] = np.ascontiguousarray(value.T if transposed else value)
+    return tensors
 
 
 def _safetensors_files(directory: str) -> list[str]:
@@ -175,6 +216,11 @@ def _read_json(path: str) -> dict | list:
         raise UserError(f"{path}: not valid JSON ({e})") from None
 
 
+def _module_kind(module_type: str) -> str:
+    """`Transformer` of `sentence_transformers.models.Transformer` and of 5.x's longer paths."""
+    return module_type.rsplit(".", 1)[-1]
+
+
 def read_sentence_transformers(directory: str) -> tuple[t5.T5Config, dict, np.ndarray, int | None, str]:
     """(encoder config, encoder params, projection kernel [d_model, embed_dim], max_seq_length, transformer dir).
 
@@ -182,12 +228,20 @@ def read_sentence_transformers(directory: str) -> tuple[t5.T5Config, dict, np.nd
     identity activation)] -> [Normalize]. Without a Dense the projection is the identity.
     """
     modules = _read_json(os.path.join(directory, "modules.json"))
+    if any(_module_kind(m.get("type", "")) == "Router" for m in modules):
+        raise UserError(f"{directory}: is an asymmetric (Router) model with a query and a document tower; "
+                        "import it as an ade or ade_spl model")
+    return _read_pipeline(directory, [(m.get("type", ""), os.path.join(directory, m.get("path", ""))) for m in modules])
+
+
+def _read_pipeline(directory: str, modules: list[tuple[str, str]]) -> tuple[t5.T5Config, dict, np.ndarray, int | None, str]:
+    """`read_sentence_transformers` of one chain of (module type, module directory)."""
     by_kind = {}
-    for module in modules:
-        kind = module.get("type", "").rsplit(".", 1)[-1]
+    for module_type, path in modules:
+        kind = _module_kind(module_type)
         if kind not in ("Transformer", "Pooling", "Dense", "Normalize"):
-            raise UserError(f"{directory}/modules.json: module {module.get('type')!r} is not part of a GTR model")
-        by_kind[kind] = os.path.join(directory, module.get("path", ""))
+            raise UserError(f"{directory}/modules.json: module {module_type!r} is not part of a GTR model")
+        by_kind[kind] = path
     if "Transformer" not in by_kind or "Pooling" not in by_kind:
         raise UserError(f"{directory}/modules.json: a GTR model needs a Transformer and a Pooling module")
     pooling = _read_json(os.path.join(by_kind["Pooling"], "config.json"))
@@ -215,6 +269,45 @@ def read_sentence_transformers(directory: str) -> tuple[t5.T5Config, dict, np.nd
     if kernel.shape[1] != config.d_model:
         raise UserError(f"{dense_dir}: linear.weight has shape {kernel.shape}; expected [*, {config.d_model}]")
     return config, encoder, np.ascontiguousarray(kernel.T), max_seq_length, transformer_dir
+
+
+def is_router_model(directory: str) -> bool:
+    """Whether a sentence-transformers directory starts with a `Router` (an asymmetric model)."""
+    modules = _read_json(os.path.join(directory, "modules.json"))
+    return bool(modules) and _module_kind(modules[0].get("type", "")) == "Router"
+
+
+def read_asymmetric_sentence_transformers(directory: str) -> tuple[str, t5.T5Config, dict, dict[str, int | None], str]:
+    """(tower, encoder config, DualEncoder params, {"query"/"doc": max_seq_length}, a transformer dir).
+
+    Reads a `Router` model with "query" and "document" routes, each a GTR chain, as
+    `gtr-jax export` writes for asymmetric towers: a Dense after the Router is one shared
+    projection (ade_spl), a Dense inside each route a projection per tower (ade).
+    """
+    modules = _read_json(os.path.join(directory, "modules.json"))
+    router_dir = os.path.join(directory, modules[0].get("path", ""))
+    after_router = [(m.get("type", ""), os.path.join(directory, m.get("path", ""))) for m in modules[1:]]
+    router = _read_json(os.path.join(router_dir, "router_config.json"))
+    structure, types = router.get("structure", {}), router.get("types", {})
+    if set(structure) != {"query", "document"}:
+        raise UserError(f"{router_dir}/router_config.json: routes are {sorted(structure)}; expected query and document")
+    towers = {}
+    for route, tower in (("query", "query"), ("document", "doc")):
+        chain = [(types.get(name, ""), os.path.join(router_dir, name)) for name in structure[route]]
+        towers[tower] = _read_pipeline(directory, chain + after_router)
+    config, query_encoder, query_kernel, query_length, transformer_dir = towers["query"]
+    doc_config, doc_encoder, doc_kernel, doc_length, _ = towers["doc"]
+    if config != doc_config or query_kernel.shape != doc_kernel.shape:
+        raise UserError(f"{directory}: the query and document towers differ in shape; gtr_jax towers share one")
+    encoders = {"query_encoder": query_encoder, "doc_encoder": doc_encoder}
+    lengths = {"query": query_length, "doc": doc_length}
+    routed_dense = any(_module_kind(types.get(name, "")) == "Dense" for names in structure.values() for name in names)
+    if not routed_dense:
+        projections = {"projection": {"dense": {"kernel": query_kernel}}}
+        return "ade_spl", config, {**encoders, **projections}, lengths, transformer_dir
+    projections = {"query_projection": {"dense": {"kernel": query_kernel}},
+                   "doc_projection": {"dense": {"kernel": doc_kernel}}}
+    return "ade", config, {**encoders, **projections}, lengths, transformer_dir
 
 
 def _max_seq_length(transformer_dir: str) -> int | None:

@@ -115,3 +115,35 @@ def test_sentence_transformers_layouts_we_cannot_serve_are_refused(tmp_path, spm
     write_json(directory / "modules.json", [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.CLIPModel"}])
     with pytest.raises(UserError, match="CLIPModel.* is not part of a GTR model"):
         hf_weights.read_sentence_transformers(str(directory))
+
+
+def test_asymmetric_router_models_written_by_sentence_transformers_are_read(tmp_path, spm_path):
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer import modules as models
+    from transformers import T5Tokenizer
+
+    towers = {}
+    for route, seed in (("query", 0), ("document", 1)):
+        directory = tmp_path / route
+        model = hf_models.random_t5(hf_models.t5_config(), seed)
+        model.save_pretrained(directory, safe_serialization=True)
+        T5Tokenizer(spm_path, legacy=True).save_pretrained(directory)
+        towers[route] = (model, [models.Transformer(str(directory), max_seq_length=16 if route == "query" else 32),
+                                 models.Pooling(64, "mean")])
+    router = models.Router.for_query_document(towers["query"][1], towers["document"][1])
+    dense = models.Dense(64, 24, bias=False, activation_function=torch.nn.Identity())
+    SentenceTransformer(modules=[router, dense, models.Normalize()]).save(str(tmp_path / "st"), safe_serialization=True)
+
+    assert hf_weights.is_router_model(str(tmp_path / "st"))
+    tower, config, params, lengths, _ = hf_weights.read_asymmetric_sentence_transformers(str(tmp_path / "st"))
+    assert (tower, lengths, sorted(params)) == ("ade_spl", {"query": 16, "doc": 32}, ["doc_encoder", "projection", "query_encoder"])
+    assert_matches_hf(params["query_encoder"], config, flat_hf_state(towers["query"][0]))
+    assert_matches_hf(params["doc_encoder"], config, flat_hf_state(towers["document"][0]))
+    np.testing.assert_array_equal(params["projection"]["dense"]["kernel"], dense.linear.weight.detach().numpy().T)
+    with pytest.raises(UserError, match="asymmetric \\(Router\\) model"):
+        hf_weights.read_sentence_transformers(str(tmp_path / "st"))
+    router_config = json.loads((tmp_path / "st" / "router_config.json").read_text())
+    router_config["structure"]["passage"] = router_config["structure"].pop("document")
+    write_json(tmp_path / "st" / "router_config.json", router_config)
+    with pytest.raises(UserError, match=r"routes are \['passage', 'query'\]; expected query and document"):
+        hf_weights.read_asymmetric_sentence_transformers(str(tmp_path / "st"))

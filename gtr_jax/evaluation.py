@@ -1,0 +1,275 @@
+"""Corpus-level retrieval evaluation: `gtr-jax evaluate` and the trainer's periodic evaluator.
+
+For each evaluation task (data.load_eval_set) the queries are embedded with the query
+tower and the whole corpus with the document tower, the top k documents of each query
+are found by exact search (retrieval.search), and the run is scored with trec_eval's
+definitions (metrics.py). The corpus is put in descending document-id order before it is
+embedded, so that search's tie rule (lower row first) is trec_eval's (higher id first):
+the top k is the first k of the ranking trec_eval would make of the full corpus, and the
+written run file scores identically with `gtr-jax metrics`.
+
+Protocols (the headline measures, `headline_measures`): MS MARCO dev MRR@10 (mrr_10);
+MultiReQA P@1 and MRR over each split's whole candidate pool (P_1, recip_rank: the
+first relevant rank within the top k, so choose k large); BEIR nDCG@10 (ndcg_cut_10),
+where, as BEIR does, a document whose id is the query's id is never retrieved.
+"""
+
+import dataclasses
+import json
+import os
+
+import gin
+import jax
+import numpy as np
+
+from gtr_jax import checkpoints, dual_encoder, metrics, partitioning, retrieval
+from gtr_jax.encoding import TextEncoder
+from gtr_jax.errors import UserError
+from gtr_jax.examples import EvalSet, take
+from gtr_jax.vocab import model_dir_vocabulary, shared_tokenizer
+
+PROTOCOLS = {"msmarco": ("mrr_10",), "multireqa": ("P_1", "recip_rank"), "beir": ("ndcg_cut_10",)}
+OTHER_HEADLINES = ("P_1", "mrr_10", "ndcg_cut_10", "recall_100")  # e.g. demo_test
+
+
+def headline_measures(task: str) -> tuple[str, ...]:
+    """The measures a task's benchmark reports (see the module doc)."""
+    return PROTOCOLS.get(task.split("_")[0], OTHER_HEADLINES)
+
+
+@dataclasses.dataclass
+class Ranking:
+    """The top k documents of each query, best first."""
+
+    query_ids: list[str]
+    doc_ids: np.ndarray  # str [num_queries, k]; "" pads a row that has fewer than k
+    scores: np.ndarray  # float32 [num_queries, k]
+
+    def run(self) -> metrics.Run:
+        """The ranking as a metrics.Run."""
+        return metrics.Run.from_ranking(self.query_ids, self.doc_ids, self.scores)
+
+    def write(self, path: str, tag: str = "gtr_jax"):
+        """Write a TREC run file."""
+        metrics.write_run(path, self.query_ids, self.doc_ids, self.scores, tag)
+
+
+def trec_order(doc_ids) -> np.ndarray:
+    """Corpus positions in descending id order (trec_eval's tie order)."""
+    ids = np.asarray(list(doc_ids))
+    return np.argsort(ids, kind="stable")[::-1]
+
+
+def subset_queries(eval_set: EvalSet, max_queries: int | None, seed: int = 0) -> EvalSet:
+    """The eval set with a fixed random `max_queries` of its queries (all if None), in their order."""
+    if not max_queries or max_queries >= len(eval_set.query_ids):
+        return eval_set
+    keep = np.sort(np.random.default_rng(seed).choice(len(eval_set.query_ids), max_queries, replace=False))
+    return dataclasses.replace(eval_set, query_ids=take(eval_set.query_ids, keep),
+                               query_texts=take(eval_set.query_texts, keep))
+
+
+def rank(query_ids, query_embeddings, ordered_doc_ids: np.ndarray, corpus, top_k: int, *, mesh=None,
+         approximate: bool = False, ignore_identical_ids: bool = False) -> Ranking:
+    """The top_k of `corpus` (rows named by `ordered_doc_ids`) for each query.
+
+    With `ignore_identical_ids` a query's own id is never retrieved (BEIR's rule).
+    """
+    k = min(top_k + int(ignore_identical_ids), len(ordered_doc_ids))
+    scores, rows = retrieval.search(query_embeddings, corpus, k, mesh=mesh, approximate=approximate)
+    doc_ids = ordered_doc_ids[rows]
+    if ignore_identical_ids:
+        keep = doc_ids != np.asarray(query_ids)[:, None]
+        # Each row's kept documents first, in rank order, cut to top_k; a row short of them is padded.
+        picked = np.argsort(~keep, axis=1, kind="stable")[:, : min(top_k, len(ordered_doc_ids))]
+        kept = np.take_along_axis(keep, picked, 1)
+        doc_ids = np.where(kept, np.take_along_axis(doc_ids, picked, 1), "")
+        scores = np.where(kept, np.take_along_axis(scores, picked, 1), -np.inf)
+    return Ranking(list(query_ids), doc_ids, scores)
+
+
+def _task_names(spec) -> list[str]:
+    """Task names from a list, a comma-separated string of tasks, or a mixture name (its tasks)."""
+    if not isinstance(spec, str):
+        return list(spec)
+    import seqio  # imports TensorFlow: only when a name may be a mixture
+
+    import tasks  # noqa: F401  (registers the mixtures)
+
+    names = [name.strip() for name in spec.split(",") if name.strip()]
+    if len(names) == 1 and names[0] in seqio.MixtureRegistry.names():
+        return sorted(t.name for t in seqio.get_mixture_or_task(names[0]).tasks)
+    return names
+
+
+def vocabulary_path(task: str, vocabulary: str | None = None, model_dir: str | None = None) -> str:
+    """The explicit vocabulary, else the model directory's own, else the one the task tokenizes with."""
+    from gtr_jax import data  # imports TensorFlow (seqio)
+
+    if vocabulary:
+        return vocabulary
+    if model_dir and os.path.exists(model_dir_vocabulary(model_dir)):
+        return model_dir_vocabulary(model_dir)
+    return data.task_vocabulary_path(task)
+
+
+def load_task(task: str, max_queries: int | None = None) -> EvalSet:
+    """A registered evaluation task's eval set, cut to `max_queries` (see subset_queries)."""
+    import tasks  # noqa: F401  (registers every task; imports TensorFlow, so not at start-up)
+    from gtr_jax import data
+
+    return subset_queries(data.load_eval_set(task), max_queries)
+
+
+def _write_results(directory: str, rankings: dict, summary: dict):
+    """metrics.json and one <task>.run per task, from process 0."""
+    if jax.process_index() != 0:
+        return
+    os.makedirs(directory, exist_ok=True)
+    for task, ranking in rankings.items():
+        ranking.write(os.path.join(directory, f"{task}.run"))
+    with open(os.path.join(directory, "metrics.json"), "w", encoding="utf-8") as f:
+        json.dump(summary, f, indent=2)
+        f.write("\n")
+
+
+@gin.configurable
+def evaluate(
+    *,
+    model_dir: str = gin.REQUIRED,
+    tasks=gin.REQUIRED,
+    output_dir: str = gin.REQUIRED,
+    step: int | None = None,
+    top_k: int = 100,
+    measures=metrics.DEFAULT_MEASURES,
+    batch_size: int = 64,
+    vocabulary: str | None = None,
+    embeddings_dir: str | None = None,
+    shard_size: int = 262144,
+    approximate: bool = False,
+    max_queries: int | None = None,
+    progress: bool = True,
+) -> dict:
+    """Evaluate a checkpoint on `tasks` (a task, "a,b", a mixture or a list); return {task: {measure: mean}}.
+
+    Writes OUTPUT_DIR/metrics.json, OUTPUT_DIR/<task>.run (TREC) and TensorBoard scalars
+    `<task>/<measure>` at the checkpoint's step under OUTPUT_DIR/tensorboard. With
+    `embeddings_dir`, corpus embeddings go to EMBEDDINGS_DIR/<task>/ in shards of
+    `shard_size` rows (memory-mapped for search; an interrupted run resumes); otherwise
+    they are held in memory.
+    """
+    mesh = partitioning.make_mesh()
+    model_config = checkpoints.load_model_config(model_dir)
+    shardings = partitioning.param_shardings(checkpoints.boxed_param_shapes(model_config), mesh,
+                                             partitioning.standard_logical_axis_rules())
+    params, step = checkpoints.restore_params(model_dir, step, shardings=shardings)
+    rankings, results = {}, {}
+    for task in _task_names(tasks):
+        eval_set = load_task(task, max_queries)
+        tokenizer = shared_tokenizer(vocabulary_path(task, vocabulary, model_dir))
+        encoder = TextEncoder(model_config, params, tokenizer, mesh)
+        order = trec_order(eval_set.doc_ids)
+        doc_max, query_max = model_config.max_length("doc"), model_config.max_length("query")
+        if embeddings_dir:
+            fingerprint = {"model_dir": os.path.abspath(model_dir), "step": step, "task": task}
+            corpus = encoder.embed_to_shards(eval_set.doc_texts, "doc", doc_max, os.path.join(embeddings_dir, task),
+                                             order=order, shard_size=shard_size, batch_size=batch_size,
+                                             fingerprint=fingerprint, progress=progress)
+        else:
+            corpus = encoder.embed(take(eval_set.doc_texts, order), "doc", doc_max, batch_size, progress)
+        queries = encoder.embed(eval_set.query_texts, "query", query_max, batch_size, progress)
+        ordered_ids = np.asarray(take(eval_set.doc_ids, order))
+        rankings[task] = rank(eval_set.query_ids, queries, ordered_ids, corpus, top_k, mesh=mesh,
+                              approximate=approximate, ignore_identical_ids=task.startswith("beir_"))
+        results[task] = metrics.evaluate(eval_set.qrels, rankings[task].run(), measures)
+        if jax.process_index() == 0:
+            shown = ", ".join(f"{m} {results[task][m]:.4f}" for m in headline_measures(task) if m in results[task])
+            print(f"{task} (step {step}, {results[task]['num_q']} queries, {len(order)} documents): {shown}")
+    summary = {"model_dir": os.path.abspath(model_dir), "step": step, "top_k": top_k, "approximate": approximate,
+               "results": results}
+    _write_results(output_dir, rankings, summary)
+    if jax.process_index() == 0:
+        from clu import metric_writers
+
+        writer = metric_writers.create_default_writer(os.path.join(output_dir, "tensorboard"), asynchronous=False)
+        writer.write_scalars(step, {f"{t}/{m}": v for t, values in results.items() for m, v in values.items()})
+        writer.close()
+    return results
+
+
+@gin.configurable
+class RetrievalEvaluation:
+    """The trainer's evaluator: corpus-level metrics of `tasks` every `train.eval_every` steps.
+
+    Texts are tokenized once, at construction; each evaluation embeds the (sub)set's
+    queries and whole corpus with the current params, searches the top `top_k` and
+    returns `<task>/<measure>` for `measures` (default: each task's headline_measures),
+    which the trainer logs as eval/<task>/<measure>. `max_queries` evaluates a fixed
+    random subset of each task's queries against the full corpus. With `output_dir`
+    (e.g. %MODEL_DIR), run files and metrics.json go to OUTPUT_DIR/eval/step_<N>/.
+    """
+
+    def __init__(self, *, model, mesh, tasks=gin.REQUIRED, top_k: int = 100, measures=None,
+                 max_queries: int | None = None, batch_size: int = 64, vocabulary: str | None = None,
+                 output_dir: str | None = None):
+        # The trainer built `model` from this same gin-bound config; the encoder needs the config too.
+        del model
+        config = dual_encoder.ModelConfig()
+        self.encoder = TextEncoder(config, None, None, mesh)
+        self.mesh, self.top_k, self.batch_size, self.output_dir = mesh, top_k, batch_size, output_dir
+        self.lengths = {tower: config.max_length(tower) for tower in ("query", "doc")}
+        self.tasks = {}
+        for task in _task_names(tasks):
+            eval_set = load_task(task, max_queries)
+            tokenizer = shared_tokenizer(vocabulary_path(task, vocabulary))
+            order = trec_order(eval_set.doc_ids)
+            self.tasks[task] = {
+                "eval_set": eval_set,
+                "ordered_ids": np.asarray(take(eval_set.doc_ids, order)),
+                "query_tokens": tokenizer.encode(list(eval_set.query_texts), self.lengths["query"]),
+                "doc_tokens": tokenizer.encode(take(eval_set.doc_texts, order), self.lengths["doc"]),
+                "measures": tuple(measures or headline_measures(task)),
+            }
+
+    def __call__(self, params, step) -> dict:
+        """{<task>/<measure>: mean} of the current params."""
+        self.encoder.params = params
+        out, rankings, results = {}, {}, {}
+        for task, prepared in self.tasks.items():
+            embed = self.encoder.embed_token_lists
+            corpus = embed(prepared["doc_tokens"], "doc", self.lengths["doc"], self.batch_size)
+            queries = embed(prepared["query_tokens"], "query", self.lengths["query"], self.batch_size)
+            eval_set = prepared["eval_set"]
+            rankings[task] = rank(eval_set.query_ids, queries, prepared["ordered_ids"], corpus, self.top_k,
+                                  mesh=self.mesh, ignore_identical_ids=task.startswith("beir_"))
+            results[task] = metrics.evaluate(eval_set.qrels, rankings[task].run(), prepared["measures"])
+            out.update({f"{task}/{m}": results[task][m] for m in prepared["measures"]})
+        if self.output_dir:
+            summary = {"step": int(step), "top_k": self.top_k, "results": results}
+            _write_results(os.path.join(self.output_dir, "eval", f"step_{int(step)}"), rankings, summary)
+        return out
+
+
+def _evaluate_command(args):
+    """Evaluate the gin-configured checkpoint and tasks."""
+    from gtr_jax import cli
+
+    cli.parse_gin(args.gin_file, args.gin_bindings, args.gin_search_paths)
+    try:
+        evaluate()
+    except RuntimeError as error:
+        # gin reports an unset required binding as a RuntimeError: a user's mistake.
+        if "Required bindings" in str(error) or "REQUIRED" in str(error):
+            raise UserError(f"gin: {str(error).splitlines()[0]}") from None
+        raise
+
+
+def add_evaluate_parser(commands):
+    """The `evaluate` subcommand."""
+    parser = commands.add_parser("evaluate", help="corpus-level retrieval metrics of a checkpoint (gin-configured)")
+    parser.add_argument("--gin_file", action="append", default=[], required=True,
+                        help="gin file, e.g. gin/eval/retrieval.gin; repeatable")
+    parser.add_argument("--gin_search_paths", action="append", default=[], help="extra directories for gin includes")
+    parser.epilog = ("Any --gin.NAME=VALUE adds a gin binding, e.g. --gin.MODEL_DIR=/tmp/run "
+                     "--gin.MIXTURE_OR_TASK_NAME=beir_scifact --gin.EVAL_OUTPUT_DIR=/tmp/eval.")
+    parser.set_defaults(run=_evaluate_command)

@@ -1,0 +1,83 @@
+"""Sharded, chunked top-k search against a numpy brute-force ranking (ties by corpus row)."""
+
+import jax
+import numpy as np
+import pytest
+
+from gtr_jax import partitioning, retrieval
+
+
+def brute_force(queries, corpus, k):
+    """Every score in float64, ranked by score descending, then row ascending."""
+    scores = queries.astype(np.float64) @ corpus.astype(np.float64).T
+    rows = np.arange(len(corpus))
+    order = np.stack([np.lexsort((rows, -s))[:k] for s in scores])
+    return np.take_along_axis(scores, order, axis=1), order
+
+
+def integer_embeddings(rng, n, dim=6):
+    """Small integers: every dot product is exact in float32, and most scores are tied."""
+    return rng.integers(-2, 3, (n, dim)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def meshes():
+    return {"data8": partitioning.make_mesh((8, 1)), "data4_model2": partitioning.make_mesh((4, 2))}
+
+
+@pytest.mark.parametrize("mesh_name", ["data8", "data4_model2"])
+@pytest.mark.parametrize("split", [None, (0, 400, 401, 1003)])
+def test_ties_and_ragged_sizes_equal_brute_force(meshes, mesh_name, split):
+    rng = np.random.default_rng(0)
+    corpus, queries = integer_embeddings(rng, 1003), integer_embeddings(rng, 37)
+    # 1,003 rows: not a multiple of the 8 devices, of the 48-row chunks or of the 16-query batches.
+    blocks = corpus if split is None else [corpus[a:b] for a, b in zip(split, split[1:])]
+    scores, rows = retrieval.search(queries, blocks, 50, mesh=meshes[mesh_name], chunk_size=48, query_batch_size=16)
+    expected_scores, expected_rows = brute_force(queries, corpus, 50)
+    np.testing.assert_array_equal(rows, expected_rows)
+    np.testing.assert_array_equal(scores, expected_scores.astype(np.float32))
+    assert (np.diff(scores, axis=1) == 0).mean() > 0.5, "the case should be dominated by ties"
+
+
+def test_unit_vectors_equal_brute_force(meshes):
+    rng = np.random.default_rng(1)
+    corpus = rng.normal(size=(2501, 32)).astype(np.float32)
+    queries = rng.normal(size=(20, 32)).astype(np.float32)
+    corpus /= np.linalg.norm(corpus, axis=1, keepdims=True)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    scores, rows = retrieval.search(queries, corpus, 100, mesh=meshes["data8"], chunk_size=128)
+    expected_scores, expected_rows = brute_force(queries, corpus, 100)
+    np.testing.assert_array_equal(rows, expected_rows)
+    np.testing.assert_allclose(scores, expected_scores, atol=1e-6, rtol=0)
+
+
+def test_k_larger_than_corpus_and_fewer_rows_than_devices(meshes):
+    rng = np.random.default_rng(2)
+    corpus, queries = integer_embeddings(rng, 5), integer_embeddings(rng, 3)
+    scores, rows = retrieval.search(queries, corpus, 10, mesh=meshes["data8"])
+    expected_scores, expected_rows = brute_force(queries, corpus, 5)
+    np.testing.assert_array_equal(rows, expected_rows)
+    np.testing.assert_array_equal(scores, expected_scores)
+
+
+def test_default_mesh_uses_every_device():
+    rng = np.random.default_rng(3)
+    corpus, queries = integer_embeddings(rng, 300), integer_embeddings(rng, 4)
+    assert retrieval.default_mesh().devices.size == jax.device_count() == 8
+    _, rows = retrieval.search(queries, corpus, 7)
+    np.testing.assert_array_equal(rows, brute_force(queries, corpus, 7)[1])
+
+
+def test_approximate_search_finds_most_neighbours(meshes):
+    rng = np.random.default_rng(4)
+    corpus = rng.normal(size=(4000, 16)).astype(np.float32)
+    queries = rng.normal(size=(10, 16)).astype(np.float32)
+    _, rows = retrieval.search(queries, corpus, 20, mesh=meshes["data8"], approximate=True, recall_target=0.95)
+    expected = brute_force(queries, corpus, 20)[1]
+    recall = np.mean([len(set(a) & set(b)) / 20 for a, b in zip(rows, expected)])
+    assert recall >= 0.9
+
+
+def test_mismatched_dimensions_are_an_error():
+    with pytest.raises(retrieval.UserError, match="same size"):
+        retrieval.search(np.zeros((2, 4), np.float32), np.zeros((3, 5), np.float32), 1)
