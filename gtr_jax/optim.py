@@ -11,6 +11,8 @@ import gin
 import jax.numpy as jnp
 import optax
 
+from gtr_jax.errors import UserError
+
 
 @gin.configurable
 def linear_schedule(step, *, base_learning_rate: float, total_steps: int, warmup_steps: int = 0, step_offset: int = 0):
@@ -41,6 +43,9 @@ def adafactor(
     min_dim_size_to_factor: int = 128,
 ) -> optax.GradientTransformation:
     """optax Adafactor (factored second moments, no momentum) under `linear_schedule`."""
+    if not 0 <= warmup_steps < total_steps:
+        raise UserError(f"adafactor: need 0 <= warmup_steps ({warmup_steps}) < total_steps ({total_steps}); "
+                        "set WARMUP_STEPS and TRAIN_STEPS accordingly")
     schedule = lambda step: linear_schedule(
         step,
         base_learning_rate=base_learning_rate,

@@ -7,6 +7,7 @@ import optax
 import pytest
 
 from gtr_jax import optim
+from gtr_jax.errors import UserError
 
 BASE, WARMUP, TOTAL = 1e-3, 100, 1000
 
@@ -65,3 +66,5 @@ def test_step_offset_applies_to_adafactor_decay_too():
 def test_bad_warmup_is_refused():
     with pytest.raises(ValueError, match="warmup_steps"):
         lr(0, warmup_steps=TOTAL)
+    with pytest.raises(UserError, match=r"warmup_steps \(50\) < total_steps \(3\)"):
+        optim.adafactor(total_steps=3, warmup_steps=50)
