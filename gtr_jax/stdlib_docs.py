@@ -14,6 +14,7 @@ classes define. An object reached twice keeps its first name in sorted order.
 import importlib
 import inspect
 import json
+import os
 import pkgutil
 import re
 import sys
@@ -24,7 +25,10 @@ SKIP = {"antigravity", "this", "idlelib", "turtledemo", "tkinter", "turtle", "li
 # A C docstring may start with its signature: "getattr(object, name[, default]) -> value".
 SIGNATURE_LINE = re.compile(r"^[\w.]+\(.*\)\s*(->.*|--)?$|^--$")
 ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
-INSTALL_PREFIXES = tuple({sys.prefix, sys.base_prefix, sys.exec_prefix})
+# Under -S a virtual environment's python reports the base prefix, so its own root (the
+# parent of bin/) is listed too: defaults such as platform.architecture's sys.executable.
+INSTALL_PREFIXES = tuple({sys.prefix, sys.base_prefix, sys.exec_prefix,
+                          os.path.dirname(os.path.dirname(os.path.abspath(sys.executable)))})
 
 
 class _Shown:
