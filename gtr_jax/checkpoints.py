@@ -18,6 +18,7 @@ from contextlib import contextmanager
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 from flax.core import meta
 
 from gtr_jax import dual_encoder, t5
@@ -49,19 +50,17 @@ def checkpoint_manager(model_dir: str, read_only: bool = False, **options) -> oc
 
 
 def save_model_config(model_dir: str, model_config: dual_encoder.ModelConfig):
-    """Write model_config.json."""
-    with open(os.path.join(model_dir, MODEL_CONFIG), "w", encoding="utf-8") as f:
-        f.write(model_config.to_json() + "\n")
+    """Write model_config.json (local or cloud paths)."""
+    (epath.Path(model_dir) / MODEL_CONFIG).write_text(model_config.to_json() + "\n")
 
 
 def load_model_config(model_dir: str) -> dual_encoder.ModelConfig:
     """Read model_config.json, with a one-line error if the directory is not a model dir."""
-    if not os.path.isdir(model_dir):
+    if not epath.Path(model_dir).is_dir():
         raise UserError(f"{model_dir}: no such model directory")
-    path = os.path.join(model_dir, MODEL_CONFIG)
+    path = epath.Path(model_dir) / MODEL_CONFIG
     try:
-        with open(path, encoding="utf-8") as f:
-            return dual_encoder.ModelConfig.from_json(f.read())
+        return dual_encoder.ModelConfig.from_json(path.read_text())
     except FileNotFoundError:
         raise UserError(f"{path}: not found; is {model_dir} a gtr-jax model directory?") from None
     except (ValueError, KeyError, TypeError) as e:

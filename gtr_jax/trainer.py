@@ -237,7 +237,7 @@ def _drain(accumulator, manager, model_dir) -> dict:
 def _write_run_files(model_dir, model_config, vocabulary):
     """model_config.json, the vocabulary and the operative gin config, for encode/export/eval."""
     directory = epath.Path(model_dir)
-    (directory / checkpoints.MODEL_CONFIG).write_text(model_config.to_json() + "\n")
+    checkpoints.save_model_config(model_dir, model_config)
     if vocabulary:
         (directory / "spiece.model").write_bytes(epath.Path(vocabulary).read_bytes())
     (directory / "config.gin").write_text(gin.config_str())
