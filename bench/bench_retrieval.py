@@ -1,20 +1,20 @@
 """Benchmark (not a test): exact top-k search against faiss, corpus encoding against sentence-transformers.
 
 search   top-100 of 1,000 queries over 200,000 × 768 float32 unit vectors (seeded random):
-         `retrieval.search` on this machine's default JAX devices vs faiss-cpu `IndexFlatIP`
-         (exact inner product), in the same process on the same arrays. The two must return
-         the same documents: equal ids wherever neighbouring scores differ by more than float
-         noise, and equal scores everywhere. Reported: median wall time of `--repeats` runs
-         after one warm-up (whose time, compilation included, is shown apart).
+         `retrieval.search` on `--cpu_devices` JAX CPU devices (XLA's default is one) vs
+         faiss-cpu `IndexFlatIP` (exact inner product), in the same process on the same
+         arrays. The two must return the same documents: equal scores, and equal ids
+         wherever neighbouring scores differ by more than float noise.
 encode   passages/s of a T5-small-shaped GTR model (T5.1.1 small encoder: d_model 512,
          8 layers, 6 heads, d_ff 1024, gated-GELU; mean pooling; 768-d projection) with
          seeded random weights, written as a sentence-transformers directory and imported
          with `gtr-jax import`, so both sides run the same weights: `TextEncoder.embed` vs
          `SentenceTransformer.encode` on the same passages (the demo's stdlib docstrings),
-         same batch size and max length, float32. Embeddings must agree to 1e-4. Reported:
-         the first call (compilation included) and the median of the next `--repeats`.
+         same batch size and max length, float32. Embeddings must agree to 1e-4.
+Reported: the first call (compilation included) and the median of `--repeats` more; the
+contestants take turns, so that other work on a shared machine weighs on both alike.
 
-    python bench/bench_retrieval.py [--corpus 200000] [--queries 1000] [--k 100]
+    python bench/bench_retrieval.py [--cpu_devices 1] [--corpus 200000] [--queries 1000] [--k 100]
                                     [--passages 512] [--max_length 256] [--batch_size 64] [--repeats 2]
 """
 
@@ -33,17 +33,23 @@ os.environ.setdefault("USE_TF", "0")
 os.environ.setdefault("USE_FLAX", "0")
 
 
-def timed(fn, repeats):
-    """(first run's seconds, median seconds of `repeats` more runs, last result)."""
-    start = time.perf_counter()
-    result = fn()
-    first = time.perf_counter() - start
-    times = []
-    for _ in range(repeats):
+def interleaved(fns: dict, repeats: int) -> dict:
+    """{name: (first run's seconds, median of `repeats` more, last result)}, the runs of all fns interleaved.
+
+    Taking turns spreads the load of a shared machine evenly over the contestants.
+    """
+    first, times, results = {}, {name: [] for name in fns}, {}
+    for name, fn in fns.items():
         start = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - start)
-    return first, statistics.median(times) if times else first, result
+        results[name] = fn()
+        first[name] = time.perf_counter() - start
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            results[name] = fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: (first[name], statistics.median(times[name]) if repeats else first[name], results[name])
+            for name in fns}
 
 
 def assert_same_neighbours(ours, theirs, tolerance=1e-5):
@@ -78,8 +84,12 @@ def bench_search(args):
 
     index = faiss.IndexFlatIP(768)
     index.add(corpus)
-    faiss_first, faiss_time, theirs = timed(lambda: index.search(queries, args.k), args.repeats)
-    ours_first, ours_time, ours = timed(lambda: retrieval.search(queries, corpus, args.k), args.repeats)
+    search_options = {name: getattr(args, name) for name in ("chunk_size", "query_batch_size") if getattr(args, name)}
+    timings = interleaved({
+        "faiss": lambda: index.search(queries, args.k),
+        "ours": lambda: retrieval.search(queries, corpus, args.k, **search_options),
+    }, args.repeats)
+    (faiss_first, faiss_time, theirs), (ours_first, ours_time, ours) = timings["faiss"], timings["ours"]
     swapped = assert_same_neighbours(ours, theirs)
     print(f"search: top-{args.k} of {args.queries} queries over {args.corpus} x 768 float32, "
           f"{jax.device_count()} {jax.devices()[0].platform} device(s), faiss {faiss.__version__} "
@@ -123,11 +133,12 @@ def bench_encode(args):
         subprocess.run([sys.executable, "-m", "gtr_jax", "import", "--from=sentence-transformers", st_dir,
                         "--output", model_dir], check=True, capture_output=True)
         st = SentenceTransformer(st_dir, device="cpu")
-        st_first, st_time, theirs = timed(
-            lambda: st.encode(passages, batch_size=args.batch_size, normalize_embeddings=True), args.repeats)
         encoder = encoding.load_text_encoder(model_dir)
-        ours_first, ours_time, ours = timed(
-            lambda: encoder.embed(passages, "doc", args.max_length, args.batch_size, progress=False), args.repeats)
+        timings = interleaved({
+            "st": lambda: st.encode(passages, batch_size=args.batch_size, normalize_embeddings=True),
+            "ours": lambda: encoder.embed(passages, "doc", args.max_length, args.batch_size, progress=False),
+        }, args.repeats)
+    (st_first, st_time, theirs), (ours_first, ours_time, ours) = timings["st"], timings["ours"]
     np.testing.assert_allclose(ours, theirs, atol=1e-4, rtol=0)
     tokens = sum(min(len(t), args.max_length) for t in encoder.tokenizer.encode(passages, args.max_length))
     print(f"encode: {len(passages)} passages ({tokens} tokens, max length {args.max_length}), batch "
@@ -149,8 +160,14 @@ def main():
     parser.add_argument("--max_length", type=int, default=256)
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--chunk_size", type=int, help="retrieval.search's corpus rows per step (default: its own)")
+    parser.add_argument("--query_batch_size", type=int, help="retrieval.search's queries per call (default: its own)")
+    parser.add_argument("--cpu_devices", type=int, default=1,
+                        help="JAX CPU devices (XLA's default is 1; one per core lets search run top_k on every core)")
     parser.add_argument("--only", choices=("search", "encode"), help="run one of the two")
     args = parser.parse_args()
+    # Read by XLA when jax initializes, which the benchmarks below do on first use.
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={args.cpu_devices}"
     if args.only != "encode":
         bench_search(args)
     if args.only != "search":

@@ -5,14 +5,16 @@ written by `encoding.TextEncoder.embed_to_shards`, for corpora bigger than memor
 Blocks are searched one after another; each is split into equal row ranges over every
 device of the mesh, and each device walks its range in chunks of `chunk_size` rows:
 scores of a chunk [queries, chunk] (float32, highest matmul precision, also on TPU),
-then the chunk's top k merged into the device's running top k. The devices' lists are
-all-gathered and merged, and each block's list into the result of the blocks before it.
-Memory is O(queries × chunk) per device beyond the block itself.
+then the chunk's exact top k (preselected by group maxima, see _chunk_top_k) merged
+into the device's running top k. The devices' lists are all-gathered and merged, and
+each block's list into the result of the blocks before it. Memory is
+O(queries × chunk) per device beyond the block itself.
 
 Ties: equal scores are ordered by corpus row, lower first, exactly as the brute-force
 `np.lexsort((rows, -scores))[:k]`. `jax.lax.top_k` returns the lower index first among
-equal values, and every merge puts the candidates of lower rows first. Callers that need
-trec_eval's rule (ties by document id descending) put the corpus in descending id order.
+equal values, and every selection and merge puts the candidates of lower rows first.
+Callers that need trec_eval's rule (ties by document id descending) put the corpus in
+descending id order.
 
 `approximate=True` uses `jax.lax.approx_max_k` per chunk instead: fast on TPU, where it
 may miss true neighbours (recall ≈ `recall_target`); elsewhere XLA computes it exactly.
@@ -144,7 +146,7 @@ def search(
     k: int,
     *,
     mesh: jax.sharding.Mesh | None = None,
-    chunk_size: int = 8192,
+    chunk_size: int = 16384,
     query_batch_size: int = 1024,
     approximate: bool = False,
     recall_target: float = 0.95,
@@ -169,7 +171,8 @@ def search(
     devices = mesh.devices.size
     # Every block gets the largest block's padded shape: one compiled program for all.
     largest = max(len(b) for b in blocks)
-    chunk = max(min(chunk_size, math.ceil(largest / devices)), k)
+    # At least k rows (top_k's need) and whole groups of GROUP rows (_chunk_top_k's).
+    chunk = GROUP * math.ceil(max(min(chunk_size, math.ceil(largest / devices)), k) / GROUP)
     rows_per_block = devices * chunk * math.ceil(largest / (devices * chunk))
     block_sharding = NamedSharding(mesh, PartitionSpec(tuple(mesh.axis_names)))
     replicated = NamedSharding(mesh, PartitionSpec())

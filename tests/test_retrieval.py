@@ -39,6 +39,18 @@ def test_ties_and_ragged_sizes_equal_brute_force(meshes, mesh_name, split):
     assert (np.diff(scores, axis=1) == 0).mean() > 0.5, "the case should be dominated by ties"
 
 
+@pytest.mark.parametrize("k", [1, 20])
+def test_group_preselection_keeps_ties_exact(meshes, k):
+    rng = np.random.default_rng(5)
+    # 8 devices × 3 chunks of 1,024 rows (the last part padding): each chunk takes the grouped path.
+    corpus, queries = integer_embeddings(rng, 17001), integer_embeddings(rng, 16)
+    assert 1024 >= retrieval.GROUP * max(k, retrieval.MIN_GROUPS)
+    scores, rows = retrieval.search(queries, corpus, k, mesh=meshes["data8"], chunk_size=1024)
+    expected_scores, expected_rows = brute_force(queries, corpus, k)
+    np.testing.assert_array_equal(rows, expected_rows)
+    np.testing.assert_array_equal(scores, expected_scores.astype(np.float32))
+
+
 def test_unit_vectors_equal_brute_force(meshes):
     rng = np.random.default_rng(1)
     corpus = rng.normal(size=(2501, 32)).astype(np.float32)
@@ -81,3 +93,26 @@ def test_approximate_search_finds_most_neighbours(meshes):
 def test_mismatched_dimensions_are_an_error():
     with pytest.raises(retrieval.UserError, match="same size"):
         retrieval.search(np.zeros((2, 4), np.float32), np.zeros((3, 5), np.float32), 1)
+
+
+def test_one_device_whole_corpus_chunk_not_a_multiple_of_the_group():
+    # 2,370 rows in one chunk on one device (as `analyze` searches a demo corpus): wider than
+    # the grouped selection's threshold but not a multiple of its group size.
+    rng = np.random.default_rng(4)
+    corpus, queries = integer_embeddings(rng, 2370), integer_embeddings(rng, 9)
+    mesh = partitioning.make_mesh((1, 1), num_devices=1)
+    scores, rows = retrieval.search(queries, corpus, 1, mesh=mesh)
+    expected_scores, expected_rows = brute_force(queries, corpus, 1)
+    np.testing.assert_array_equal(rows, expected_rows)
+    np.testing.assert_array_equal(scores, expected_scores.astype(np.float32))
+
+
+def test_grouped_selection_breaks_ties_by_row_not_by_group_rank():
+    # Scores are the corpus values (1-d embeddings, query 1). Row 3 and row 21 tie at 5, but row 21's
+    # group (rows 16-31) ranks first, by its 9 at row 20: the tie must still go to row 3.
+    corpus = np.full((2048, 1), -1.0, np.float32)
+    corpus[[3, 20, 21], 0] = [5.0, 9.0, 5.0]
+    mesh = partitioning.make_mesh((1, 1), num_devices=1)
+    assert len(corpus) >= retrieval.GROUP * retrieval.MIN_GROUPS
+    scores, rows = retrieval.search(np.ones((1, 1), np.float32), corpus, 2, mesh=mesh)
+    assert rows.tolist() == [[20, 3]] and scores.tolist() == [[9.0, 5.0]]
