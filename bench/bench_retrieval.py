@@ -167,7 +167,8 @@ def main():
     parser.add_argument("--only", choices=("search", "encode"), help="run one of the two")
     args = parser.parse_args()
     # Read by XLA when jax initializes, which the benchmarks below do on first use.
-    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={args.cpu_devices}"
+    flag = f"--xla_force_host_platform_device_count={args.cpu_devices}"
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flag}".strip()
     if args.only != "encode":
         bench_search(args)
     if args.only != "search":

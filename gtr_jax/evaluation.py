@@ -21,6 +21,7 @@ import os
 import gin
 import jax
 import numpy as np
+from etils import epath
 
 from gtr_jax import checkpoints, dual_encoder, metrics, partitioning, retrieval
 from gtr_jax.encoding import TextEncoder
@@ -108,7 +109,7 @@ def vocabulary_path(task: str, vocabulary: str | None = None, model_dir: str | N
 
     if vocabulary:
         return vocabulary
-    if model_dir and os.path.exists(model_dir_vocabulary(model_dir)):
+    if model_dir and epath.Path(model_dir_vocabulary(model_dir)).exists():
         return model_dir_vocabulary(model_dir)
     return data.task_vocabulary_path(task)
 
@@ -122,15 +123,14 @@ def load_task(task: str, max_queries: int | None = None) -> EvalSet:
 
 
 def _write_results(directory: str, rankings: dict, summary: dict):
-    """metrics.json and one <task>.run per task, from process 0."""
+    """metrics.json and one <task>.run per task (local or cloud paths), from process 0."""
     if jax.process_index() != 0:
         return
-    os.makedirs(directory, exist_ok=True)
+    directory = epath.Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
     for task, ranking in rankings.items():
-        ranking.write(os.path.join(directory, f"{task}.run"))
-    with open(os.path.join(directory, "metrics.json"), "w", encoding="utf-8") as f:
-        json.dump(summary, f, indent=2)
-        f.write("\n")
+        ranking.write(str(directory / f"{task}.run"))
+    (directory / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
 
 
 @gin.configurable
@@ -154,9 +154,9 @@ def evaluate(
 
     Writes OUTPUT_DIR/metrics.json, OUTPUT_DIR/<task>.run (TREC) and TensorBoard scalars
     `<task>/<measure>` at the checkpoint's step under OUTPUT_DIR/tensorboard. With
-    `embeddings_dir`, corpus embeddings go to EMBEDDINGS_DIR/<task>/ in shards of
-    `shard_size` rows (memory-mapped for search; an interrupted run resumes); otherwise
-    they are held in memory.
+    `embeddings_dir` (a local directory: search memory-maps it), corpus embeddings go to
+    EMBEDDINGS_DIR/<task>/ in shards of `shard_size` rows and an interrupted run resumes;
+    otherwise they are held in memory. OUTPUT_DIR may be a cloud path (gs://).
     """
     mesh = partitioning.make_mesh()
     model_config = checkpoints.load_model_config(model_dir)
@@ -171,7 +171,7 @@ def evaluate(
         order = trec_order(eval_set.doc_ids)
         doc_max, query_max = model_config.max_length("doc"), model_config.max_length("query")
         if embeddings_dir:
-            fingerprint = {"model_dir": os.path.abspath(model_dir), "step": step, "task": task}
+            fingerprint = {"model_dir": model_dir, "step": step, "task": task}
             corpus = encoder.embed_to_shards(eval_set.doc_texts, "doc", doc_max, os.path.join(embeddings_dir, task),
                                              order=order, shard_size=shard_size, batch_size=batch_size,
                                              fingerprint=fingerprint, progress=progress)
@@ -185,7 +185,7 @@ def evaluate(
         if jax.process_index() == 0:
             shown = ", ".join(f"{m} {results[task][m]:.4f}" for m in headline_measures(task) if m in results[task])
             print(f"{task} (step {step}, {results[task]['num_q']} queries, {len(order)} documents): {shown}")
-    summary = {"model_dir": os.path.abspath(model_dir), "step": step, "top_k": top_k, "approximate": approximate,
+    summary = {"model_dir": model_dir, "step": step, "top_k": top_k, "approximate": approximate,
                "results": results}
     _write_results(output_dir, rankings, summary)
     if jax.process_index() == 0:

@@ -21,6 +21,7 @@ import json
 import re
 
 import numpy as np
+from etils import epath
 
 from gtr_jax.errors import UserError, at_line
 from gtr_jax.text_files import read_bytes
@@ -124,14 +125,14 @@ def write_run(path: str, query_ids, doc_ids, scores, tag: str = "gtr_jax"):
     """Write a TREC run of [num_queries, k] doc ids and scores, each row ranked best first ("" ids are padding).
 
     Scores are written as the shortest decimal that reads back as the same double, so the
-    file ranks exactly as the scores it was written from.
+    file ranks exactly as the scores it was written from. `path` may be a cloud path (gs://).
     """
     doc_ids = np.asarray(doc_ids)
     for name, ids in (("query", query_ids), ("document", np.unique(doc_ids[doc_ids != ""]))):
         bad = [i for i in ids if not i or any(c.isspace() for c in i)]
         if bad:
             raise UserError(f"{path}: {name} id {bad[0]!r} is empty or has whitespace, which a run file cannot hold")
-    with open(path, "w", encoding="utf-8") as f:
+    with epath.Path(path).open("w") as f:
         for qid, row_ids, row_scores in zip(query_ids, doc_ids, np.asarray(scores, np.float64).tolist()):
             f.write("".join(f"{qid} Q0 {d} {rank} {s!r} {tag}\n"
                             for rank, (d, s) in enumerate(zip(row_ids, row_scores), start=1) if d))

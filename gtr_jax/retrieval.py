@@ -5,7 +5,7 @@ written by `encoding.TextEncoder.embed_to_shards`, for corpora bigger than memor
 Blocks are searched one after another; each is split into equal row ranges over every
 device of the mesh, and each device walks its range in chunks of `chunk_size` rows:
 scores of a chunk [queries, chunk] (float32, highest matmul precision, also on TPU),
-then the chunk's exact top k (preselected by group maxima, see _chunk_top_k) merged
+then the chunk's exact top k (preselected by group maxima, see _chunk_candidates) merged
 into the device's running top k. The devices' lists are all-gathered and merged, and
 each block's list into the result of the blocks before it. Memory is
 O(queries × chunk) per device beyond the block itself.
@@ -32,7 +32,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from gtr_jax.errors import UserError
 
 # Exact top-k preselects groups of GROUP consecutive rows when a chunk has at least
-# GROUP * max(k, MIN_GROUPS) rows (see _chunk_top_k).
+# GROUP * max(k, MIN_GROUPS) rows (see _chunk_candidates).
 GROUP = 16
 MIN_GROUPS = 64
 
@@ -42,15 +42,15 @@ def default_mesh() -> jax.sharding.Mesh:
     return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
 
 
-def _chunk_top_k(scores, rows, k, approximate, recall_target):
-    """(scores, rows) of the top k of one chunk's scores [queries, chunk], in the tie order of the module doc.
+def _chunk_candidates(scores, rows, k, approximate, recall_target):
+    """(scores, rows) [queries, m] holding one chunk's top k, for `_merge`; equal scores in row order.
 
-    Exact selection first keeps the k groups of GROUP consecutive rows with the best
-    maxima: the chunk's top k lie in them (a top-k row outside them would be beaten by
-    the k better group maxima). XLA's CPU top_k is a single-threaded partial sort whose
-    cost grows with the row length, so k·GROUP candidates plus chunk/GROUP maxima cost
-    far less than the whole chunk. The kept groups are put back in row order, so ties
-    still go to the lower row.
+    Exact selection keeps the k groups of GROUP consecutive rows with the best maxima:
+    the chunk's top k lie in them (a top-k row outside them would be beaten by the k
+    better group maxima). XLA's CPU top_k is a single-threaded partial sort whose cost
+    grows with the row length, so chunk/GROUP maxima plus k·GROUP candidates (left for
+    the merge to select from) cost far less than the whole chunk. The kept groups are put
+    back in row order, so ties still go to the lower row.
     """
     if approximate:
         top, picked = jax.lax.approx_max_k(scores, k, recall_target=recall_target)
@@ -64,8 +64,7 @@ def _chunk_top_k(scores, rows, k, approximate, recall_target):
     best_groups = jnp.sort(best_groups, axis=1)
     candidates = jnp.take_along_axis(groups, best_groups[:, :, None], axis=1).reshape(num_queries, k * GROUP)
     candidate_rows = (best_groups[:, :, None] * GROUP + jnp.arange(GROUP)).reshape(num_queries, k * GROUP)
-    top, picked = jax.lax.top_k(candidates, k)
-    return top, rows[jnp.take_along_axis(candidate_rows, picked, axis=1)]
+    return candidates, rows[candidate_rows]
 
 
 def _merge(scores_a, rows_a, scores_b, rows_b, k):
@@ -86,7 +85,7 @@ def _device_top_k(queries, block, valid_rows, *, k, chunk_size, axes, approximat
         rows = first_row + start + jnp.arange(chunk_size)
         # Rows past the block's end are padding: they must never win.
         scores = jnp.where(rows[None, :] < valid_rows, scores, -jnp.inf)
-        return _merge(*best, *_chunk_top_k(scores, rows, k, approximate, recall_target), k), None
+        return _merge(*best, *_chunk_candidates(scores, rows, k, approximate, recall_target), k), None
 
     empty = (jnp.full((queries.shape[0], k), -jnp.inf, jnp.float32), jnp.full((queries.shape[0], k), -1, jnp.int32))
     # The running list differs per device once a chunk is merged in; so it does from the start.
@@ -171,7 +170,7 @@ def search(
     devices = mesh.devices.size
     # Every block gets the largest block's padded shape: one compiled program for all.
     largest = max(len(b) for b in blocks)
-    # At least k rows (top_k's need) and whole groups of GROUP rows (_chunk_top_k's).
+    # At least k rows (top_k's need) and whole groups of GROUP rows (_chunk_candidates').
     chunk = GROUP * math.ceil(max(min(chunk_size, math.ceil(largest / devices)), k) / GROUP)
     rows_per_block = devices * chunk * math.ceil(largest / (devices * chunk))
     block_sharding = NamedSharding(mesh, PartitionSpec(tuple(mesh.axis_names)))
