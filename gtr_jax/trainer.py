@@ -20,8 +20,6 @@ import time
 import gin
 import jax
 import jax.numpy as jnp
-import numpy as np
-import orbax.checkpoint as ocp
 import tqdm
 from etils import epath
 from flax.core import meta
@@ -274,32 +272,3 @@ class MetricsWriter:
         if self.enabled:
             self._tensorboard.close()
 
-
-@gin.configurable
-class InBatchValidation:
-    """Contrastive loss and in-batch accuracy on held-out batches (same loss config as training).
-
-    `input_fn` is bound like `train.input_fn`, typically to a validation split; the same
-    `num_batches` batches (from step 0 of that pipeline) are scored at every evaluation.
-    """
-
-    def __init__(self, *, model, mesh, input_fn=gin.REQUIRED, batch_size: int = gin.REQUIRED, num_batches: int = 4,
-                 temperature: float = 0.01):
-        from gtr_jax import losses
-
-        batches = input_fn(global_batch_size=batch_size, start_step=0, shard_index=jax.process_index(),
-                           num_shards=jax.process_count(), seed=0)
-        self.batches = [partitioning.global_batch(next(batches), mesh) for _ in range(num_batches)]
-
-        def score(params, batch):
-            q, d, n = model.apply({"params": params}, batch["query_tokens"], batch["doc_tokens"], batch.get("negative_tokens"))
-            extra = {arg: batch[f] for f, arg in train_step.ID_FEATURES.items() if f in batch}
-            loss, metrics = losses.sharded_contrastive_loss(mesh, q, d, temperature=temperature, hard_neg_emb=n, **extra)
-            return {**metrics, "loss": loss}
-
-        self._score = jax.jit(score)
-
-    def __call__(self, params, step) -> dict:
-        """Mean metrics over the held-out batches."""
-        results = [jax.device_get(self._score(params, b)) for b in self.batches]
-        return {k: float(np.mean([r[k] for r in results])) for k in results[0]}
