@@ -37,7 +37,7 @@ DEMO_SUMMARY := import json, sys; [print("{:<26} P@1 {:.3f}  MRR@10 {:.3f}  NDCG
 demo: $(VENV)/.installed
 	$(GTR_JAX) train --gin_file=runs/demo_cpu.gin --gin.MODEL_DIR=$(DEMO_DIR)/model $(DEMO_FLAGS)
 	$(GTR_JAX) train --gin_file=runs/demo_cpu.gin --gin.MODEL_DIR=$(DEMO_DIR)/untrained \
-	  $(DEMO_FLAGS) --gin.TRAIN_STEPS=1 --gin.LEARNING_RATE=0.0 --gin.train.progress=False
+	  $(DEMO_FLAGS) --gin.TRAIN_STEPS=1 --gin.WARMUP_STEPS=0 --gin.LEARNING_RATE=0.0 --gin.train.progress=False
 	$(GTR_JAX) evaluate $(DEMO_EVAL) --gin.MODEL_DIR=$(DEMO_DIR)/untrained --gin.EVAL_OUTPUT_DIR=$(DEMO_DIR)/eval_untrained
 	$(GTR_JAX) evaluate $(DEMO_EVAL) --gin.MODEL_DIR=$(DEMO_DIR)/model --gin.EVAL_OUTPUT_DIR=$(DEMO_DIR)/eval
 	$(GTR_JAX) export --model_dir=$(DEMO_DIR)/model --format=sentence-transformers --output=$(DEMO_DIR)/sentence_transformers --overwrite

@@ -13,7 +13,7 @@ def test_make_demo_trains_evaluates_and_exports(tmp_path):
     result = subprocess.run(
         # -o: the test suite's .venv is installed already; do not reinstall it.
         ["make", "-o", ".venv/.installed", "demo", f"DEMO_DIR={demo_dir}",
-         "DEMO_FLAGS=--gin.TRAIN_STEPS=3 --gin.WARMUP_STEPS=0 --gin.BATCH_SIZE=16 --gin.train.progress=False"],
+         "DEMO_FLAGS=--gin.TRAIN_STEPS=3 --gin.WARMUP_STEPS=1 --gin.BATCH_SIZE=16 --gin.train.progress=False"],
         cwd=REPO, capture_output=True, text=True, env={k: v for k, v in os.environ.items() if k != "XLA_FLAGS"},
     )
     assert result.returncode == 0, result.stderr[-3000:]
