@@ -7,15 +7,20 @@ Measures, on this machine's CPU (one XLA device using every core, as a real run 
   * MFU: model FLOPs per step / step time / the jnp.dot float32 peak measured in this run;
   * memory of one step: GradCache at global batch 4096 vs the plain step at the largest
     batch that fits, from XLA's compiled memory analysis (arguments + outputs +
-    temporaries of the program: what the step needs at its peak, without running it).
+    temporaries of the program: what the step needs at its peak, without running it);
+    with --rss, also the peak RSS of a process that runs one such step (the GradCache
+    step at 4096 takes ~15 minutes here).
 
-Run: .venv/bin/python bench/bench_train.py [--steps 5] [--skip_peer]
+Run: .venv/bin/python bench/bench_train.py [--steps 5] [--skip_peer] [--rss]
 """
 
 import argparse
 import json
 import os
+import resource
 import statistics
+import subprocess
+import sys
 import time
 
 os.environ.setdefault("USE_TF", "0")
@@ -164,12 +169,35 @@ def step_memory_bytes(batch_size: int, chunk: int | None) -> int:
     return analysis.argument_size_in_bytes + analysis.output_size_in_bytes + analysis.temp_size_in_bytes
 
 
+def run_one_step(batch_size: int, chunk: int | None) -> dict:
+    """Compile and run one step in this process; its peak RSS (what `--rss` spawns)."""
+    update, state, batch, mesh = jax_step(batch_size, chunk)
+    with jax.set_mesh(mesh):
+        _, metrics = update(state, batch)
+        jax.block_until_ready(metrics)
+    return {"peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            "loss": float(metrics["loss"])}
+
+
+def step_peak_rss_bytes(batch_size: int, chunk: int | None) -> int:
+    """Peak RSS of a fresh process that runs one step at `batch_size`."""
+    child = [sys.executable, __file__, "--rss_child", str(batch_size), str(chunk or 0)]
+    output = subprocess.run(child, check=True, capture_output=True, text=True).stdout
+    return json.loads(output.strip().splitlines()[-1])["peak_rss_bytes"]
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--skip_peer", action="store_true", help="do not train sentence-transformers")
     parser.add_argument("--skip_memory", action="store_true", help="do not compile the big-batch steps")
+    parser.add_argument("--rss", action="store_true", help="also run the big-batch steps and report peak RSS")
+    parser.add_argument("--rss_child", nargs=2, type=int, metavar=("BATCH", "CHUNK"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.rss_child:
+        batch_size, chunk = args.rss_child
+        print(json.dumps(run_one_step(batch_size, chunk or None)))
+        return
 
     peak = matmul_peak_gflops()
     flops = model_flops_per_step(SMALL, BATCH)
@@ -198,6 +226,12 @@ def main():
         print(f"  GradCache, batch 4096, chunk 32: {grad_cache / 2**30:.2f} GiB")
         print(f"  plain, largest batch under {MEMORY_LIMIT / 2**30:.0f} GiB = {plain_batch}: {plain / 2**30:.2f} GiB")
         results.update(grad_cache_4096_bytes=grad_cache, plain_batch=plain_batch, plain_bytes=plain)
+        if args.rss:
+            plain_rss, grad_cache_rss = step_peak_rss_bytes(plain_batch, None), step_peak_rss_bytes(4096, 32)
+            print("peak RSS of a process running one step")
+            print(f"  GradCache, batch 4096, chunk 32: {grad_cache_rss / 2**30:.2f} GiB")
+            print(f"  plain, batch {plain_batch}: {plain_rss / 2**30:.2f} GiB")
+            results.update(grad_cache_4096_rss_bytes=grad_cache_rss, plain_rss_bytes=plain_rss)
     print(json.dumps(results))
 
 
