@@ -13,6 +13,12 @@ import sys
 # do not need it, and anyone who does can set the variable themselves.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+from gtr_jax import host_memory  # imports no JAX
+
+# Before anything imports JAX: XLA's CPU runtime would otherwise fault its step buffers
+# back in from the kernel on every step (see host_memory).
+host_memory.retain_freed_memory_if_jax_runs_on_cpu()
+
 from gtr_jax.errors import UserError
 from gtr_jax.analysis import add_analyze_parser
 from gtr_jax.evaluation import add_evaluate_parser
