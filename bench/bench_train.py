@@ -3,7 +3,9 @@
 Measures, on this machine's CPU (one XLA device using every core, as a real run would):
   * examples/s and tokens/s of a full train step (forward, backward, optimizer) at batch
     32, lengths 64/128, for gtr_jax and for sentence-transformers' MultipleNegativesRanking
-    loss with query-side same-tower negatives (SamToNe) on PyTorch, and their ratio;
+    loss with query-side same-tower negatives (SamToNe) on PyTorch, and their ratio. gtr_jax
+    runs as `gtr-jax` does, with freed host memory retained (gtr_jax.host_memory); the peer
+    runs in fresh processes with and without that policy, and the faster is the reference;
   * MFU: model FLOPs per step / step time / the jnp.dot float32 peak measured in this run;
   * memory of one step: GradCache at global batch 4096 vs the plain step at the largest
     batch that fits, from XLA's compiled memory analysis (arguments + outputs +
@@ -27,12 +29,19 @@ os.environ.setdefault("USE_TF", "0")
 os.environ.setdefault("USE_FLAX", "0")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+from gtr_jax import host_memory  # noqa: E402
+
+# What `gtr-jax` does before JAX starts (see host_memory); it holds for the PyTorch peer in
+# this process too. GTR_JAX_KEEP_DEFAULT_MALLOC=1 measures glibc's defaults instead.
+HOST_MEMORY_RETAINED = host_memory.retain_freed_memory_if_jax_runs_on_cpu()
+
 import gin  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 from flax.core import meta  # noqa: E402
+from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
 
 import gtr_jax.losses  # noqa: E402,F401  (registers contrastive_loss with gin)
 from gtr_jax import dual_encoder, partitioning, t5, train_step  # noqa: E402
@@ -43,6 +52,7 @@ gin.bind_parameter("contrastive_loss.same_tower", "query")
 BATCH, QUERY_LENGTH, DOC_LENGTH, EMBED = 32, 64, 128, 768
 SMALL = t5.T5Config(vocab_size=32128, d_model=512, num_layers=8, num_heads=6, d_kv=64, d_ff=1024, dropout_rate=0.1)
 MEMORY_LIMIT = 20 * 2**30  # what a step may use on this 24 GiB machine
+WARMUP_STEPS = 2  # untimed: compilation, then the step that first grows the host heap
 
 
 def matmul_peak_gflops(size=2048, repeats=10) -> float:
@@ -93,7 +103,10 @@ def jax_step(batch_size: int, chunk: int | None):
     params = jax.jit(lambda k: meta.unbox(model.init(k, tokens, tokens)["params"]))(jax.random.key(0))
     state = train_step.TrainState(jnp.zeros((), jnp.int32), params, {}, tx.init((params, {})))
     update = train_step.make_update(model, tx, mesh, temperature=0.01, dropout_seed=0, grad_cache_chunk_size=chunk)
-    return jax.jit(update, donate_argnums=0), state, jax.device_put(batch), mesh
+    # Inputs and outputs on the same mesh sharding, so that the second step does not recompile.
+    replicated = NamedSharding(mesh, PartitionSpec())
+    step = jax.jit(update, donate_argnums=0, out_shardings=replicated)
+    return step, jax.device_put(state, replicated), jax.device_put(batch, replicated), mesh
 
 
 def bench_jax(steps: int) -> float:
@@ -101,8 +114,9 @@ def bench_jax(steps: int) -> float:
     update, state, batch, mesh = jax_step(BATCH, None)
     times = []
     with jax.set_mesh(mesh):
-        state, metrics = update(state, batch)
-        jax.block_until_ready(metrics)
+        for _ in range(WARMUP_STEPS):
+            state, metrics = update(state, batch)
+            jax.block_until_ready(metrics)
         for _ in range(steps):
             start = time.perf_counter()
             state, metrics = update(state, batch)
@@ -139,7 +153,8 @@ def bench_sentence_transformers(steps: int) -> float:
         value.backward()
         optimizer.step()
 
-    step()
+    for _ in range(WARMUP_STEPS):
+        step()
     return statistics.median(_timed(step) for _ in range(steps))
 
 
@@ -179,6 +194,14 @@ def run_one_step(batch_size: int, chunk: int | None) -> dict:
             "loss": float(metrics["loss"])}
 
 
+def peer_seconds_per_step(steps: int, retain_host_memory: bool) -> float:
+    """`bench_sentence_transformers` in a fresh process, with or without `host_memory`'s policy."""
+    env = {**os.environ, host_memory.OPT_OUT_VARIABLE: "0" if retain_host_memory else "1"}
+    child = [sys.executable, __file__, "--peer_child", str(steps)]
+    output = subprocess.run(child, check=True, capture_output=True, text=True, env=env).stdout
+    return json.loads(output.strip().splitlines()[-1])["seconds_per_step"]
+
+
 def step_peak_rss_bytes(batch_size: int, chunk: int | None) -> int:
     """Peak RSS of a fresh process that runs one step at `batch_size`."""
     child = [sys.executable, __file__, "--rss_child", str(batch_size), str(chunk or 0)]
@@ -193,7 +216,11 @@ def main():
     parser.add_argument("--skip_memory", action="store_true", help="do not compile the big-batch steps")
     parser.add_argument("--rss", action="store_true", help="also run the big-batch steps and report peak RSS")
     parser.add_argument("--rss_child", nargs=2, type=int, metavar=("BATCH", "CHUNK"), help=argparse.SUPPRESS)
+    parser.add_argument("--peer_child", type=int, metavar="STEPS", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.peer_child:
+        print(json.dumps({"seconds_per_step": bench_sentence_transformers(args.peer_child)}))
+        return
     if args.rss_child:
         batch_size, chunk = args.rss_child
         print(json.dumps(run_one_step(batch_size, chunk or None)))
@@ -205,16 +232,23 @@ def main():
     tokens = BATCH * (QUERY_LENGTH + DOC_LENGTH)
     rows = [("gtr_jax", jax_seconds)]
     if not args.skip_peer:
-        rows.append(("sentence-transformers", bench_sentence_transformers(args.steps)))
+        # The peer runs in its own processes, once with glibc's defaults (what its users get)
+        # and once with the policy gtr-jax applies; the faster of the two is the reference.
+        peer = {retain: peer_seconds_per_step(args.steps, retain) for retain in (False, True)}
+        print(f"sentence-transformers s/step: {peer[False]:.2f} with glibc's malloc defaults, "
+              f"{peer[True]:.2f} with freed host memory retained")
+        rows.append(("sentence-transformers", min(peer.values())))
     print(f"T5.1.1-small SDE, SamToNe, batch {BATCH}, lengths {QUERY_LENGTH}/{DOC_LENGTH}; "
-          f"{flops / 1e12:.3f} model TFLOP per step; jnp.dot f32 peak {peak:.1f} GFLOP/s")
+          f"{flops / 1e12:.3f} model TFLOP per step; jnp.dot f32 peak {peak:.1f} GFLOP/s; "
+          f"gtr_jax: freed host memory {'retained' if HOST_MEMORY_RETAINED else 'returned to the OS'}")
     print(f"{'trainer':24s} {'s/step':>8s} {'examples/s':>11s} {'tokens/s':>9s} {'MFU':>6s}")
     for name, seconds in rows:
         print(f"{name:24s} {seconds:8.2f} {BATCH / seconds:11.2f} {tokens / seconds:9.0f} "
               f"{flops / seconds / (peak * 1e9):6.1%}")
     if len(rows) == 2:
         print(f"gtr_jax / sentence-transformers examples/s: {rows[1][1] / rows[0][1]:.2f}x")
-    results = {"seconds_per_step": dict(rows), "peak_gflops": peak, "model_flops": flops}
+    results = {"seconds_per_step": dict(rows), "peak_gflops": peak, "model_flops": flops,
+               "host_memory_retained": HOST_MEMORY_RETAINED}
 
     if not args.skip_memory:
         grad_cache = step_memory_bytes(4096, 32)
