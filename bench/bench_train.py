@@ -31,8 +31,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from gtr_jax import host_memory  # noqa: E402
 
-# What `gtr-jax` does before JAX starts (see host_memory); it holds for the PyTorch peer in
-# this process too. GTR_JAX_KEEP_DEFAULT_MALLOC=1 measures glibc's defaults instead.
+# What `gtr-jax` does before JAX starts (see host_memory); the peer's child processes set
+# it or not themselves. GTR_JAX_KEEP_DEFAULT_MALLOC=1 measures gtr_jax with glibc's defaults.
 HOST_MEMORY_RETAINED = host_memory.retain_freed_memory_if_jax_runs_on_cpu()
 
 import gin  # noqa: E402
