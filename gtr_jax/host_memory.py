@@ -6,7 +6,7 @@ malloc serves a request that large with a fresh `mmap` and `munmap`s it on free,
 step page-faults the whole buffer back in, zero-filled by the kernel: 640k minor faults
 and a fifth of the step's time on a 2-core machine. `retain_freed_memory` switches glibc
 to keeping freed memory in its heap for the next step to reuse. The process's resident
-memory then stays at its peak instead of dipping between steps; the peak is unchanged.
+memory then stays at its high-water mark instead of dipping between steps.
 
 This only matters when JAX computes on the host CPU: an accelerator keeps the step's
 temporaries in its own memory. The `gtr-jax` command line calls
