@@ -7,6 +7,8 @@ Measures, on this machine's CPU (one XLA device using every core, as a real run 
     runs as `gtr-jax` does, with freed host memory retained (gtr_jax.host_memory); the peer
     runs in fresh processes with and without that policy, and the faster is the reference;
   * MFU: model FLOPs per step / step time / the jnp.dot float32 peak measured in this run;
+  * what limits it: GFLOP/s of one layer's attention-shaped batched matmul (batch x heads
+    products of [doc length, d_kv] @ [d_kv, doc length]) in XLA and in PyTorch;
   * memory of one step: GradCache at global batch 4096 vs the plain step at the largest
     batch that fits, from XLA's compiled memory analysis (arguments + outputs +
     temporaries of the program: what the step needs at its peak, without running it);
@@ -62,6 +64,31 @@ def matmul_peak_gflops(size=2048, repeats=10) -> float:
     dot(a, a).block_until_ready()
     best = min(_timed(lambda: dot(a, a).block_until_ready()) for _ in range(repeats))
     return 2 * size**3 / best / 1e9
+
+
+ATTENTION_BMM = (BATCH * SMALL.num_heads, DOC_LENGTH, SMALL.d_kv, DOC_LENGTH)  # (batch, m, k, n)
+
+
+def attention_bmm_gflops_jax(repeats=20) -> float:
+    """Best float32 GFLOP/s of XLA's batched matmul on the attention logits' shapes."""
+    batch, m, k, n = ATTENTION_BMM
+    rng = np.random.default_rng(0)
+    lhs, rhs = (jnp.asarray(rng.standard_normal(shape), jnp.float32) for shape in ((batch, m, k), (batch, k, n)))
+    matmul = jax.jit(jnp.matmul)
+    matmul(lhs, rhs).block_until_ready()
+    best = min(_timed(lambda: matmul(lhs, rhs).block_until_ready()) for _ in range(repeats))
+    return 2 * batch * m * k * n / best / 1e9
+
+
+def attention_bmm_gflops_torch(repeats=20) -> float:
+    """The same batched matmul in PyTorch (called in the peer's process)."""
+    import torch
+
+    batch, m, k, n = ATTENTION_BMM
+    lhs, rhs = torch.randn(batch, m, k), torch.randn(batch, k, n)
+    torch.bmm(lhs, rhs)
+    best = min(_timed(lambda: torch.bmm(lhs, rhs)) for _ in range(repeats))
+    return 2 * batch * m * k * n / best / 1e9
 
 
 def _timed(fn) -> float:
@@ -194,12 +221,13 @@ def run_one_step(batch_size: int, chunk: int | None) -> dict:
             "loss": float(metrics["loss"])}
 
 
-def peer_seconds_per_step(steps: int, retain_host_memory: bool) -> float:
-    """`bench_sentence_transformers` in a fresh process, with or without `host_memory`'s policy."""
+def peer_in_child(steps: int, retain_host_memory: bool) -> dict:
+    """`bench_sentence_transformers` (and the attention bmm) in a fresh process, with or without
+    `host_memory`'s policy."""
     env = {**os.environ, host_memory.OPT_OUT_VARIABLE: "0" if retain_host_memory else "1"}
     child = [sys.executable, __file__, "--peer_child", str(steps)]
     output = subprocess.run(child, check=True, capture_output=True, text=True, env=env).stdout
-    return json.loads(output.strip().splitlines()[-1])["seconds_per_step"]
+    return json.loads(output.strip().splitlines()[-1])
 
 
 def step_peak_rss_bytes(batch_size: int, chunk: int | None) -> int:
@@ -219,7 +247,8 @@ def main():
     parser.add_argument("--peer_child", type=int, metavar="STEPS", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.peer_child:
-        print(json.dumps({"seconds_per_step": bench_sentence_transformers(args.peer_child)}))
+        seconds = bench_sentence_transformers(args.peer_child)
+        print(json.dumps({"seconds_per_step": seconds, "attention_bmm_gflops": attention_bmm_gflops_torch()}))
         return
     if args.rss_child:
         batch_size, chunk = args.rss_child
@@ -227,6 +256,7 @@ def main():
         return
 
     peak = matmul_peak_gflops()
+    jax_bmm = attention_bmm_gflops_jax()
     flops = model_flops_per_step(SMALL, BATCH)
     jax_seconds = bench_jax(args.steps)
     tokens = BATCH * (QUERY_LENGTH + DOC_LENGTH)
@@ -234,10 +264,12 @@ def main():
     if not args.skip_peer:
         # The peer runs in its own processes, once with glibc's defaults (what its users get)
         # and once with the policy gtr-jax applies; the faster of the two is the reference.
-        peer = {retain: peer_seconds_per_step(args.steps, retain) for retain in (False, True)}
+        children = {retain: peer_in_child(args.steps, retain) for retain in (False, True)}
+        peer = {retain: child["seconds_per_step"] for retain, child in children.items()}
         print(f"sentence-transformers s/step: {peer[False]:.2f} with glibc's malloc defaults, "
               f"{peer[True]:.2f} with freed host memory retained")
         rows.append(("sentence-transformers", min(peer.values())))
+        torch_bmm = max(child["attention_bmm_gflops"] for child in children.values())
     print(f"T5.1.1-small SDE, SamToNe, batch {BATCH}, lengths {QUERY_LENGTH}/{DOC_LENGTH}; "
           f"{flops / 1e12:.3f} model TFLOP per step; jnp.dot f32 peak {peak:.1f} GFLOP/s; "
           f"gtr_jax: freed host memory {'retained' if HOST_MEMORY_RETAINED else 'returned to the OS'}")
@@ -245,10 +277,15 @@ def main():
     for name, seconds in rows:
         print(f"{name:24s} {seconds:8.2f} {BATCH / seconds:11.2f} {tokens / seconds:9.0f} "
               f"{flops / seconds / (peak * 1e9):6.1%}")
+    products, m, k, n = ATTENTION_BMM
+    bmm_line = f"attention batched matmul ({products} x [{m},{k}] @ [{k},{n}]), GFLOP/s: XLA {jax_bmm:.0f}"
+    results = {"seconds_per_step": dict(rows), "peak_gflops": peak, "model_flops": flops,
+               "host_memory_retained": HOST_MEMORY_RETAINED, "attention_bmm_gflops": {"xla": jax_bmm}}
     if len(rows) == 2:
         print(f"gtr_jax / sentence-transformers examples/s: {rows[1][1] / rows[0][1]:.2f}x")
-    results = {"seconds_per_step": dict(rows), "peak_gflops": peak, "model_flops": flops,
-               "host_memory_retained": HOST_MEMORY_RETAINED}
+        bmm_line += f", PyTorch {torch_bmm:.0f}"
+        results["attention_bmm_gflops"]["torch"] = torch_bmm
+    print(bmm_line)
 
     if not args.skip_memory:
         grad_cache = step_memory_bytes(4096, 32)
