@@ -32,7 +32,6 @@ INSTALL_REQUIRES = [
 
 TEST_REQUIRES = [
     "pytest==9.2.0",
-    "hypothesis==6.170.15",
     # The CPU build of torch 2.13.0 lies on this machine's disk; a range would pull a CUDA build.
     "torch==2.13.0",
     # sentence-transformers 5.7 is the last line that runs with transformers 4.x.
