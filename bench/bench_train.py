@@ -61,34 +61,35 @@ def matmul_peak_gflops(size=2048, repeats=10) -> float:
     """Best float32 GFLOP/s of a jitted size x size matmul."""
     a = jnp.asarray(np.random.default_rng(0).standard_normal((size, size)), jnp.float32)
     dot = jax.jit(jnp.dot)
-    dot(a, a).block_until_ready()
-    best = min(_timed(lambda: dot(a, a).block_until_ready()) for _ in range(repeats))
-    return 2 * size**3 / best / 1e9
+    return 2 * size**3 / _best_seconds(lambda: dot(a, a).block_until_ready(), repeats) / 1e9
 
 
-ATTENTION_BMM = (BATCH * SMALL.num_heads, DOC_LENGTH, SMALL.d_kv, DOC_LENGTH)  # (batch, m, k, n)
+ATTENTION_BMM = (BATCH * SMALL.num_heads, DOC_LENGTH, SMALL.d_kv, DOC_LENGTH)  # (products, m, k, n)
+ATTENTION_BMM_FLOPS = 2 * int(np.prod(ATTENTION_BMM))
 
 
 def attention_bmm_gflops_jax(repeats=20) -> float:
     """Best float32 GFLOP/s of XLA's batched matmul on the attention logits' shapes."""
-    batch, m, k, n = ATTENTION_BMM
+    products, m, k, n = ATTENTION_BMM
     rng = np.random.default_rng(0)
-    lhs, rhs = (jnp.asarray(rng.standard_normal(shape), jnp.float32) for shape in ((batch, m, k), (batch, k, n)))
+    lhs, rhs = (jnp.asarray(rng.standard_normal(shape), jnp.float32) for shape in ((products, m, k), (products, k, n)))
     matmul = jax.jit(jnp.matmul)
-    matmul(lhs, rhs).block_until_ready()
-    best = min(_timed(lambda: matmul(lhs, rhs).block_until_ready()) for _ in range(repeats))
-    return 2 * batch * m * k * n / best / 1e9
+    return ATTENTION_BMM_FLOPS / _best_seconds(lambda: matmul(lhs, rhs).block_until_ready(), repeats) / 1e9
 
 
 def attention_bmm_gflops_torch(repeats=20) -> float:
     """The same batched matmul in PyTorch (called in the peer's process)."""
     import torch
 
-    batch, m, k, n = ATTENTION_BMM
-    lhs, rhs = torch.randn(batch, m, k), torch.randn(batch, k, n)
-    torch.bmm(lhs, rhs)
-    best = min(_timed(lambda: torch.bmm(lhs, rhs)) for _ in range(repeats))
-    return 2 * batch * m * k * n / best / 1e9
+    products, m, k, n = ATTENTION_BMM
+    lhs, rhs = torch.randn(products, m, k), torch.randn(products, k, n)
+    return ATTENTION_BMM_FLOPS / _best_seconds(lambda: torch.bmm(lhs, rhs), repeats) / 1e9
+
+
+def _best_seconds(fn, repeats: int) -> float:
+    """Fastest of `repeats` timed calls of `fn`, after one untimed call (compilation, first touch)."""
+    fn()
+    return min(_timed(fn) for _ in range(repeats))
 
 
 def _timed(fn) -> float:
