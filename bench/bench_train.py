@@ -6,7 +6,9 @@ Measures, on this machine's CPU (one XLA device using every core, as a real run 
     loss with query-side same-tower negatives (SamToNe) on PyTorch, and their ratio. gtr_jax
     runs as `gtr-jax` does, with freed host memory retained (gtr_jax.host_memory); the peer
     runs in fresh processes with and without that policy, and the faster is the reference;
-  * MFU: model FLOPs per step / step time / the jnp.dot float32 peak measured in this run;
+  * MFU: model FLOPs per step / step time / the jnp.dot peak measured in this run, in the
+    compute dtype (--dtype bfloat16: bfloat16 operands, float32 accumulation; the peer then
+    trains under torch.autocast to bfloat16, which is how sentence-transformers does bf16);
   * what limits it: GFLOP/s of one layer's attention-shaped batched matmul (batch x heads
     products of [doc length, d_kv] @ [d_kv, doc length]) in XLA and in PyTorch;
   * memory of one step: GradCache at global batch 4096 vs the plain step at the largest
@@ -15,10 +17,12 @@ Measures, on this machine's CPU (one XLA device using every core, as a real run 
     with --rss, also the peak RSS of a process that runs one such step (the GradCache
     step at 4096 takes ~15 minutes here).
 
-Run: .venv/bin/python bench/bench_train.py [--steps 5] [--skip_peer] [--rss]
+Run: .venv/bin/python bench/bench_train.py [--steps 5] [--dtype bfloat16] [--skip_peer] [--rss]
 """
 
 import argparse
+import contextlib
+import dataclasses
 import json
 import os
 import resource
@@ -57,10 +61,10 @@ MEMORY_LIMIT = 20 * 2**30  # what a step may use on this 24 GiB machine
 WARMUP_STEPS = 2  # untimed: compilation, then the step that first grows the host heap
 
 
-def matmul_peak_gflops(size=2048, repeats=10) -> float:
-    """Best float32 GFLOP/s of a jitted size x size matmul."""
-    a = jnp.asarray(np.random.default_rng(0).standard_normal((size, size)), jnp.float32)
-    dot = jax.jit(jnp.dot)
+def matmul_peak_gflops(dtype="float32", size=2048, repeats=10) -> float:
+    """Best GFLOP/s of a jitted size x size matmul of `dtype` operands, float32 accumulation."""
+    a = jnp.asarray(np.random.default_rng(0).standard_normal((size, size)), dtype)
+    dot = jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32))
     return 2 * size**3 / _best_seconds(lambda: dot(a, a).block_until_ready(), repeats) / 1e9
 
 
@@ -153,8 +157,9 @@ def bench_jax(steps: int) -> float:
     return statistics.median(times)
 
 
-def bench_sentence_transformers(steps: int) -> float:
-    """Median seconds per train step of sentence-transformers (PyTorch) on the same shapes."""
+def bench_sentence_transformers(steps: int, dtype: str = "float32") -> float:
+    """Median seconds per train step of sentence-transformers (PyTorch) on the same shapes;
+    in bfloat16 under torch.autocast (what its trainer's `bf16=True` does)."""
     import torch
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
@@ -174,12 +179,16 @@ def bench_sentence_transformers(steps: int) -> float:
     batch = {k: torch.from_numpy(v.astype(np.int64)) for k, v in random_batch(BATCH).items()}
 
     def step():
+        with torch.autocast("cpu", dtype=torch.bfloat16) if dtype == "bfloat16" else contextlib.nullcontext():
+            loss_value = forward()
+        optimizer.zero_grad()
+        loss_value.backward()
+        optimizer.step()
+
+    def forward():
         query = model({"input_ids": batch["query_tokens"], "attention_mask": batch["query_tokens"] != 0})
         doc = model({"input_ids": batch["doc_tokens"], "attention_mask": batch["doc_tokens"] != 0})
-        value = loss.compute_loss_from_embeddings([query["sentence_embedding"], doc["sentence_embedding"]], labels=None)
-        optimizer.zero_grad()
-        value.backward()
-        optimizer.step()
+        return loss.compute_loss_from_embeddings([query["sentence_embedding"], doc["sentence_embedding"]], labels=None)
 
     for _ in range(WARMUP_STEPS):
         step()
@@ -222,18 +231,18 @@ def run_one_step(batch_size: int, chunk: int | None) -> dict:
             "loss": float(metrics["loss"])}
 
 
-def peer_in_child(steps: int, retain_host_memory: bool) -> dict:
+def peer_in_child(steps: int, retain_host_memory: bool, dtype: str) -> dict:
     """`bench_sentence_transformers` (and the attention bmm) in a fresh process, with or without
     `host_memory`'s policy."""
     env = {**os.environ, host_memory.OPT_OUT_VARIABLE: "0" if retain_host_memory else "1"}
-    child = [sys.executable, __file__, "--peer_child", str(steps)]
+    child = [sys.executable, __file__, "--peer_child", str(steps), "--dtype", dtype]
     output = subprocess.run(child, check=True, capture_output=True, text=True, env=env).stdout
     return json.loads(output.strip().splitlines()[-1])
 
 
 def step_peak_rss_bytes(batch_size: int, chunk: int | None) -> int:
     """Peak RSS of a fresh process that runs one step at `batch_size`."""
-    child = [sys.executable, __file__, "--rss_child", str(batch_size), str(chunk or 0)]
+    child = [sys.executable, __file__, "--rss_child", str(batch_size), str(chunk or 0), "--dtype", SMALL.dtype]
     output = subprocess.run(child, check=True, capture_output=True, text=True).stdout
     return json.loads(output.strip().splitlines()[-1])["peak_rss_bytes"]
 
@@ -241,14 +250,18 @@ def step_peak_rss_bytes(batch_size: int, chunk: int | None) -> int:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                        help="compute dtype of the matmuls (T5Config.dtype) for both trainers")
     parser.add_argument("--skip_peer", action="store_true", help="do not train sentence-transformers")
     parser.add_argument("--skip_memory", action="store_true", help="do not compile the big-batch steps")
     parser.add_argument("--rss", action="store_true", help="also run the big-batch steps and report peak RSS")
     parser.add_argument("--rss_child", nargs=2, type=int, metavar=("BATCH", "CHUNK"), help=argparse.SUPPRESS)
     parser.add_argument("--peer_child", type=int, metavar="STEPS", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    global SMALL
+    SMALL = dataclasses.replace(SMALL, dtype=args.dtype)
     if args.peer_child:
-        seconds = bench_sentence_transformers(args.peer_child)
+        seconds = bench_sentence_transformers(args.peer_child, args.dtype)
         print(json.dumps({"seconds_per_step": seconds, "attention_bmm_gflops": attention_bmm_gflops_torch()}))
         return
     if args.rss_child:
@@ -256,7 +269,7 @@ def main():
         print(json.dumps(run_one_step(batch_size, chunk or None)))
         return
 
-    peak = matmul_peak_gflops()
+    peak = matmul_peak_gflops(args.dtype)
     jax_bmm = attention_bmm_gflops_jax()
     flops = model_flops_per_step(SMALL, BATCH)
     jax_seconds = bench_jax(args.steps)
@@ -265,14 +278,14 @@ def main():
     if not args.skip_peer:
         # The peer runs in its own processes, once with glibc's defaults (what its users get)
         # and once with the policy gtr-jax applies; the faster of the two is the reference.
-        children = {retain: peer_in_child(args.steps, retain) for retain in (False, True)}
+        children = {retain: peer_in_child(args.steps, retain, args.dtype) for retain in (False, True)}
         peer = {retain: child["seconds_per_step"] for retain, child in children.items()}
         print(f"sentence-transformers s/step: {peer[False]:.2f} with glibc's malloc defaults, "
               f"{peer[True]:.2f} with freed host memory retained")
         rows.append(("sentence-transformers", min(peer.values())))
         torch_bmm = max(child["attention_bmm_gflops"] for child in children.values())
-    print(f"T5.1.1-small SDE, SamToNe, batch {BATCH}, lengths {QUERY_LENGTH}/{DOC_LENGTH}; "
-          f"{flops / 1e12:.3f} model TFLOP per step; jnp.dot f32 peak {peak:.1f} GFLOP/s; "
+    print(f"T5.1.1-small SDE, SamToNe, batch {BATCH}, lengths {QUERY_LENGTH}/{DOC_LENGTH}, {args.dtype} matmuls; "
+          f"{flops / 1e12:.3f} model TFLOP per step; jnp.dot {args.dtype} peak {peak:.1f} GFLOP/s; "
           f"gtr_jax: freed host memory {'retained' if HOST_MEMORY_RETAINED else 'returned to the OS'}")
     print(f"{'trainer':24s} {'s/step':>8s} {'examples/s':>11s} {'tokens/s':>9s} {'MFU':>6s}")
     for name, seconds in rows:
@@ -280,7 +293,7 @@ def main():
               f"{flops / seconds / (peak * 1e9):6.1%}")
     products, m, k, n = ATTENTION_BMM
     bmm_line = f"attention batched matmul ({products} x [{m},{k}] @ [{k},{n}]), GFLOP/s: XLA {jax_bmm:.0f}"
-    results = {"seconds_per_step": dict(rows), "peak_gflops": peak, "model_flops": flops,
+    results = {"dtype": args.dtype, "seconds_per_step": dict(rows), "peak_gflops": peak, "model_flops": flops,
                "host_memory_retained": HOST_MEMORY_RETAINED, "attention_bmm_gflops": {"xla": jax_bmm}}
     if len(rows) == 2:
         print(f"gtr_jax / sentence-transformers examples/s: {rows[1][1] / rows[0][1]:.2f}x")

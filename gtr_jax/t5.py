@@ -6,8 +6,9 @@ attention (T5 folds 1/sqrt(d_kv) into the initialization), a relative position b
 computed once and shared by every layer, and either a gated-GELU (tanh approximation,
 HF's `gated-gelu`) or a ReLU feed-forward block.
 
-Parameters are float32. `dtype` is the compute dtype of the matmuls (bfloat16 on TPU);
-the residual stream, norms, the attention softmax and the caller's pooling stay in float32.
+Parameters are float32. `dtype` is the compute dtype of the matmuls (bfloat16 on TPU, and
+on CPUs with AMX or AVX-512 BF16), which accumulate in float32 (`gtr_jax.matmul`); the
+residual stream, norms, the attention softmax and the caller's pooling stay in float32.
 """
 
 import dataclasses
@@ -18,6 +19,8 @@ import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from gtr_jax import matmul
 
 FeedForward = Literal["gated-gelu", "relu"]
 
@@ -163,8 +166,7 @@ class Dense(nn.Module):
     def __call__(self, x):
         init = nn.with_logical_partitioning(nn.initializers.normal(stddev=self.stddev), self.axes)
         kernel = self.param("kernel", init, (x.shape[-1], self.features), jnp.float32)
-        tokens = x.reshape(-1, x.shape[-1]).astype(self.dtype)
-        y = jnp.dot(tokens, kernel.astype(self.dtype))
+        y = matmul.matmul(x.reshape(-1, x.shape[-1]), kernel, self.dtype, self.dtype)
         return y.reshape(x.shape[:-1] + (self.features,))
 
 
@@ -186,11 +188,12 @@ class SelfAttention(nn.Module):
             t.reshape(t.shape[:2] + (cfg.num_heads, cfg.d_kv)), (BATCH, LENGTH, HEADS, KV)
         )
         q, k, v = split(q), split(k), split(v)
-        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
+        # Heads first: [batch, heads, q_length, d_kv] @ [batch, heads, d_kv, k_length].
+        logits = matmul.matmul(jnp.transpose(q, (0, 2, 1, 3)), jnp.transpose(k, (0, 2, 3, 1)), dtype, jnp.float32)
         weights = jax.nn.softmax(logits + attention_bias, axis=-1)
         weights = Dropout(cfg.dropout_rate)(weights, deterministic=deterministic)
-        out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(dtype), v)
-        out = out.reshape(out.shape[:2] + (inner,))
+        out = matmul.matmul(weights, jnp.transpose(v, (0, 2, 1, 3)), dtype, dtype)
+        out = jnp.transpose(out, (0, 2, 1, 3)).reshape(out.shape[0], out.shape[2], inner)
         return Dense(cfg.d_model, (JOINED_KV, EMBED), inner**-0.5, dtype, name="out")(out)
 
 
