@@ -7,8 +7,10 @@ computed once and shared by every layer, and either a gated-GELU (tanh approxima
 HF's `gated-gelu`) or a ReLU feed-forward block.
 
 Parameters are float32. `dtype` is the compute dtype of the matmuls (bfloat16 on TPU, and
-on CPUs with AMX or AVX-512 BF16), which accumulate in float32 (`gtr_jax.matmul`); the
-residual stream, norms, the attention softmax and the caller's pooling stay in float32.
+on CPUs with AMX or AVX-512 BF16), which accumulate in float32 (`gtr_jax.matmul`). All
+elementwise math stays in float32: the residual stream, norms, the attention softmax, the
+feed-forward activation, dropout and the caller's pooling. Matmuls whose results feed it
+return float32; only the operands of matmuls are rounded to `dtype`.
 """
 
 import dataclasses
@@ -155,18 +157,24 @@ class Dense(nn.Module):
     weight gradient of a [batch, length, features] contraction (two contracting axes)
     through a transposed copy of the activation gradient, which cost a third of a
     T5-small train step; the gradient of a 2-D dot needs no copy.
+
+    The result is in `out_dtype` (default: the compute dtype `dtype`). Outputs that feed
+    elementwise math ask for float32: the matmul accumulates in float32 anyway, and XLA
+    CPU emits bfloat16 elementwise ops as float32 ops with a rounding after each one.
     """
 
     features: int
     axes: tuple[str, str]
     stddev: float
     dtype: jnp.dtype
+    out_dtype: jnp.dtype | None = None
 
     @nn.compact
     def __call__(self, x):
         init = nn.with_logical_partitioning(nn.initializers.normal(stddev=self.stddev), self.axes)
         kernel = self.param("kernel", init, (x.shape[-1], self.features), jnp.float32)
-        y = matmul.matmul(x.reshape(-1, x.shape[-1]), kernel, self.dtype, self.dtype)
+        out_dtype = self.dtype if self.out_dtype is None else self.out_dtype
+        y = matmul.matmul(x.reshape(-1, x.shape[-1]), kernel, self.dtype, out_dtype)
         return y.reshape(x.shape[:-1] + (self.features,))
 
 
@@ -194,7 +202,7 @@ class SelfAttention(nn.Module):
         weights = Dropout(cfg.dropout_rate)(weights, deterministic=deterministic)
         out = matmul.matmul(weights, jnp.transpose(v, (0, 2, 1, 3)), dtype, dtype)
         out = jnp.transpose(out, (0, 2, 1, 3)).reshape(out.shape[0], out.shape[2], inner)
-        return Dense(cfg.d_model, (JOINED_KV, EMBED), inner**-0.5, dtype, name="out")(out)
+        return Dense(cfg.d_model, (JOINED_KV, EMBED), inner**-0.5, dtype, jnp.float32, name="out")(out)
 
 
 class FeedForwardBlock(nn.Module):
@@ -208,14 +216,14 @@ class FeedForwardBlock(nn.Module):
         dtype = jnp.dtype(cfg.dtype)
         std_in, std_out = cfg.d_model**-0.5, cfg.d_ff**-0.5
         if cfg.feed_forward == "gated-gelu":
-            gate = Dense(cfg.d_ff, (EMBED, MLP), std_in, dtype, name="wi_0")(x)
-            linear = Dense(cfg.d_ff, (EMBED, MLP), std_in, dtype, name="wi_1")(x)
+            gate = Dense(cfg.d_ff, (EMBED, MLP), std_in, dtype, jnp.float32, name="wi_0")(x)
+            linear = Dense(cfg.d_ff, (EMBED, MLP), std_in, dtype, jnp.float32, name="wi_1")(x)
             hidden = jax.nn.gelu(gate, approximate=True) * linear
         else:
-            hidden = jax.nn.relu(Dense(cfg.d_ff, (EMBED, MLP), std_in, dtype, name="wi")(x))
+            hidden = jax.nn.relu(Dense(cfg.d_ff, (EMBED, MLP), std_in, dtype, jnp.float32, name="wi")(x))
         hidden = nn.with_logical_constraint(hidden, (BATCH, LENGTH, MLP))
         hidden = Dropout(cfg.dropout_rate)(hidden, deterministic=deterministic)
-        return Dense(cfg.d_model, (MLP, EMBED), std_out, dtype, name="wo")(hidden)
+        return Dense(cfg.d_model, (MLP, EMBED), std_out, dtype, jnp.float32, name="wo")(hidden)
 
 
 class EncoderLayer(nn.Module):

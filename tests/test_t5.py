@@ -1,6 +1,7 @@
 """The flax T5 encoder against Hugging Face's PyTorch T5EncoderModel."""
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -134,6 +135,38 @@ def test_bfloat16_compute_keeps_float32_params_and_stays_close(tmp_path):
     assert {x.dtype for x in jax.tree.leaves(meta.unbox(init))} == {jnp.dtype("float32")}
     assert np.abs(np.asarray(half) - full).max() < 0.1 * np.abs(full).max()
     assert not np.allclose(np.asarray(half), full, atol=1e-6)  # bf16 really was used
+
+
+def _primitives_with_outputs_of(dtype, jaxpr) -> set[str]:
+    """Names of the primitives in `jaxpr` (and the jaxprs nested in it) with a `dtype` output."""
+    found = set()
+    for eqn in jaxpr.eqns:
+        if any(getattr(var.aval, "dtype", None) == dtype for var in eqn.outvars):
+            found.add(eqn.primitive.name)
+        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+            found |= _primitives_with_outputs_of(dtype, sub)
+    return found
+
+
+@pytest.mark.parametrize("feed_forward", ["gated-gelu", "relu"])
+def test_bfloat16_compute_does_its_elementwise_math_in_float32(feed_forward):
+    """bfloat16 values only move (casts, transposes, reshapes) and meet in matmuls: the
+    feed-forward activation, dropout, softmax, norms and residual adds, and their
+    gradients, run in float32 (XLA CPU would round after every bfloat16 elementwise op)."""
+    config = t5.T5Config(vocab_size=64, d_model=32, num_layers=2, num_heads=2, d_kv=16, d_ff=48,
+                         feed_forward=feed_forward, dtype="bfloat16")
+    tokens = padded_tokens(np.random.default_rng(6), config.vocab_size, [9, 5], 9)
+    encoder = t5.T5Encoder(config)
+    params = encoder.init(jax.random.key(0), tokens)["params"]
+
+    def loss(params):
+        hidden = encoder.apply({"params": params}, tokens, deterministic=False, rngs={"dropout": jax.random.key(1)})
+        return jnp.sum(hidden**2)
+
+    closed = jax.make_jaxpr(jax.value_and_grad(loss))(params)
+    producers = _primitives_with_outputs_of(jnp.dtype("bfloat16"), closed.jaxpr)
+    assert "convert_element_type" in producers  # the matmul operands really are bfloat16
+    assert producers <= {"convert_element_type", "transpose", "reshape", "optimization_barrier"}, producers
 
 
 def test_dropout_is_active_only_when_not_deterministic(tmp_path):
