@@ -78,7 +78,9 @@ def _low_precision_forward(a, b, compute_dtype, out_dtype, a_dtype, b_dtype):
 
 def _low_precision_backward(compute_dtype, out_dtype, a_dtype, b_dtype, operands, cotangent):
     a_low, b_low = operands
-    cotangent = cotangent.astype(compute_dtype)
+    # The cotangent may arrive as a transpose too (that of the heads-first transposes in
+    # attention), which XLA would fold into both dots.
+    cotangent = in_row_major(cotangent.astype(compute_dtype))
     transposed = lambda x: in_row_major(jnp.swapaxes(x, -1, -2))
     a_cotangent = _dot(cotangent, transposed(b_low), compute_dtype)
     b_cotangent = _dot(transposed(a_low), cotangent, compute_dtype)

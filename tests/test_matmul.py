@@ -50,13 +50,26 @@ def test_gradient_has_operand_dtypes():
     assert [g.dtype for g in grads] == [jnp.bfloat16, jnp.float32]
 
 
-def test_bfloat16_gradient_dots_stay_bfloat16_on_cpu():
-    """Every dot of a bfloat16 dense layer's forward and backward keeps bfloat16 operands in the
+def _dense_loss(x, kernel):
+    return jnp.sum(matmul.matmul(x, kernel, jnp.bfloat16, jnp.bfloat16).astype(jnp.float32) ** 2)
+
+
+def _attention_output_loss(weights, v):
+    """Attention's output: a transposed operand, and a result whose heads are transposed back
+    and merged, so the cotangent arrives as a transpose too."""
+    batch, length, heads, d_kv = v.shape
+    out = matmul.matmul(weights, jnp.transpose(v, (0, 2, 1, 3)), jnp.bfloat16, jnp.bfloat16)
+    merged = jnp.transpose(out, (0, 2, 1, 3)).reshape(batch, length, heads * d_kv)
+    return jnp.sum(merged.astype(jnp.float32) ** 2)
+
+
+@pytest.mark.parametrize("loss,shapes", [(_dense_loss, [(256, 64), (64, 128)]),
+                                         (_attention_output_loss, [(4, 3, 32, 32), (4, 32, 3, 64)])])
+def test_bfloat16_gradient_dots_stay_bfloat16_on_cpu(loss, shapes):
+    """Every dot of a bfloat16 matmul's forward and backward keeps bfloat16 operands in the
     compiled program (XLA CPU upcasts to float32 the dots its bfloat16 kernels cannot take)."""
-    x = jnp.ones((256, 64), jnp.float32)
-    kernel = jnp.ones((64, 128), jnp.float32)
-    loss = lambda x, k: jnp.sum(matmul.matmul(x, k, jnp.bfloat16, jnp.bfloat16).astype(jnp.float32) ** 2)
-    hlo = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(x, kernel).compile().as_text()
+    args = [jnp.asarray(np.random.default_rng(0).standard_normal(shape), jnp.float32) for shape in shapes]
+    hlo = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(*args).compile().as_text()
     dots = []  # (output dtype, operand dtypes), resolving names within each computation
     for computation in re.findall(r"\{\n(.*?)\n\}", hlo, re.S):
         dtypes = dict(re.findall(r"%([\w.\-]+) = (\w+)\[", computation))
