@@ -9,8 +9,10 @@ Measures, on this machine's CPU (one XLA device using every core, as a real run 
   * MFU: model FLOPs per step / step time / the jnp.dot peak measured in this run, in the
     compute dtype (--dtype bfloat16: bfloat16 operands, float32 accumulation; the peer then
     trains under torch.autocast to bfloat16, which is how sentence-transformers does bf16);
-  * what limits it: GFLOP/s of one layer's attention-shaped batched matmul (batch x heads
-    products of [doc length, d_kv] @ [d_kv, doc length]) in XLA and in PyTorch;
+  * what limits it: the seconds the step's matmuls take alone, one after another (each
+    dot of its program timed on its own: the rest of the step is everything else), and
+    GFLOP/s of one layer's attention-shaped batched matmul (batch x heads products of
+    [doc length, d_kv] @ [d_kv, doc length]) in XLA and in PyTorch;
   * memory of one step: GradCache at global batch 4096 vs the plain step at the largest
     batch that fits, from XLA's compiled memory analysis (arguments + outputs +
     temporaries of the program: what the step needs at its peak, without running it);
@@ -21,8 +23,10 @@ Run: .venv/bin/python bench/bench_train.py [--steps 5] [--dtype bfloat16] [--ski
 """
 
 import argparse
+import collections
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import resource
@@ -43,6 +47,7 @@ HOST_MEMORY_RETAINED = host_memory.retain_freed_memory_if_jax_runs_on_cpu()
 
 import gin  # noqa: E402
 import jax  # noqa: E402
+import jax.extend.core  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
@@ -141,11 +146,13 @@ def jax_step(batch_size: int, chunk: int | None):
     return step, jax.device_put(state, replicated), jax.device_put(batch, replicated), mesh
 
 
-def bench_jax(steps: int) -> float:
-    """Median seconds per train step of gtr_jax."""
+def bench_jax(steps: int) -> tuple[float, float]:
+    """Median seconds per train step of gtr_jax, and the seconds its matmuls take alone
+    (`matmul_floor_seconds`)."""
     update, state, batch, mesh = jax_step(BATCH, None)
     times = []
     with jax.set_mesh(mesh):
+        floor = matmul_floor_seconds(jax.make_jaxpr(update)(state, batch).jaxpr)
         for _ in range(WARMUP_STEPS):
             state, metrics = update(state, batch)
             jax.block_until_ready(metrics)
@@ -154,7 +161,34 @@ def bench_jax(steps: int) -> float:
             state, metrics = update(state, batch)
             jax.block_until_ready(metrics)
             times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(times), floor
+
+
+def matmul_floor_seconds(step_jaxpr, repeats: int = 10) -> float:
+    """Seconds the step's matmuls take run alone, one after another: each dot_general of the
+    step (scan bodies once per iteration) timed on its own, on every core, with operands
+    of its shapes, dtypes and dimension numbers. The rest of a step is its elementwise,
+    reduction and layout work, and the time XLA's overlap of ops does not win back."""
+    counts = collections.Counter()
+    _count_dots(step_jaxpr, 1, counts)
+    rng = np.random.default_rng(0)
+    total = 0.0
+    for (lhs, rhs, dimensions, result_dtype), count in counts.items():
+        operands = [jnp.asarray(rng.standard_normal(aval.shape), aval.dtype) for aval in (lhs, rhs)]
+        dot = jax.jit(functools.partial(jax.lax.dot_general, dimension_numbers=dimensions,
+                                        preferred_element_type=result_dtype))
+        total += count * _best_seconds(lambda: dot(*operands).block_until_ready(), repeats)
+    return total
+
+
+def _count_dots(jaxpr, times: int, counts: collections.Counter):
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            lhs, rhs = (var.aval for var in eqn.invars)
+            counts[(lhs, rhs, eqn.params["dimension_numbers"], eqn.params["preferred_element_type"])] += times
+        repeats = eqn.params["length"] if eqn.primitive.name == "scan" else 1
+        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+            _count_dots(sub, times * repeats, counts)
 
 
 def bench_sentence_transformers(steps: int, dtype: str = "float32") -> float:
@@ -272,7 +306,7 @@ def main():
     peak = matmul_peak_gflops(args.dtype)
     jax_bmm = attention_bmm_gflops_jax()
     flops = model_flops_per_step(SMALL, BATCH)
-    jax_seconds = bench_jax(args.steps)
+    jax_seconds, matmul_floor = bench_jax(args.steps)
     tokens = BATCH * (QUERY_LENGTH + DOC_LENGTH)
     rows = [("gtr_jax", jax_seconds)]
     if not args.skip_peer:
@@ -291,10 +325,14 @@ def main():
     for name, seconds in rows:
         print(f"{name:24s} {seconds:8.2f} {BATCH / seconds:11.2f} {tokens / seconds:9.0f} "
               f"{flops / seconds / (peak * 1e9):6.1%}")
+    print(f"gtr_jax's matmuls alone, one after another: {matmul_floor:.2f} s of its {jax_seconds:.2f} s step "
+          f"({flops / matmul_floor / 1e9:.0f} GFLOP/s; a step of only these would be MFU "
+          f"{flops / matmul_floor / (peak * 1e9):.0%})")
     products, m, k, n = ATTENTION_BMM
-    bmm_line = f"attention batched matmul ({products} x [{m},{k}] @ [{k},{n}]), GFLOP/s: XLA {jax_bmm:.0f}"
+    bmm_line = f"float32 attention batched matmul ({products} x [{m},{k}] @ [{k},{n}]), GFLOP/s: XLA {jax_bmm:.0f}"
     results = {"dtype": args.dtype, "seconds_per_step": dict(rows), "peak_gflops": peak, "model_flops": flops,
-               "host_memory_retained": HOST_MEMORY_RETAINED, "attention_bmm_gflops": {"xla": jax_bmm}}
+               "host_memory_retained": HOST_MEMORY_RETAINED, "matmul_floor_seconds": matmul_floor,
+               "attention_bmm_gflops": {"xla": jax_bmm}}
     if len(rows) == 2:
         print(f"gtr_jax / sentence-transformers examples/s: {rows[1][1] / rows[0][1]:.2f}x")
         bmm_line += f", PyTorch {torch_bmm:.0f}"
