@@ -1,7 +1,7 @@
 """The flax T5 encoder against Hugging Face's PyTorch T5EncoderModel."""
 
 import jax
-import jax.extend
+import jax.extend.core
 import jax.numpy as jnp
 import numpy as np
 import pytest
