@@ -37,7 +37,14 @@ def l2_normalize(x, epsilon=1e-12):
 
 
 class Projection(nn.Module):
-    """Bias-free dense map from d_model to the embedding size, in float32 at any compute dtype."""
+    """Bias-free dense map from d_model to the embedding size, in float32 at any compute dtype.
+
+    Drawn from a truncated normal of std d_model^-1/2 (flax's lecun_normal), t5x's dense
+    default. sentence-transformers' Dense (torch.nn.Linear) draws U(±d_model^-1/2), std
+    d_model^-1/2/sqrt(3); the scale does not change training: the output is L2-normalized
+    and Adafactor's steps are proportional to the parameter's RMS, so a kernel scaled by c
+    trains to c times the same kernel.
+    """
 
     embed_dim: int
 
