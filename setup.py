@@ -28,6 +28,9 @@ INSTALL_REQUIRES = [
     "absl-py==2.5.1",
     "matplotlib==3.11.2",
     "scikit-learn==1.9.1",
+    # BM25, the lexical reference line of `gtr-jax evaluate --ranker=bm25`, and its English stemmer.
+    "bm25s==0.3.16",
+    "PyStemmer==3.1.0",
 ]
 
 TEST_REQUIRES = [

@@ -6,7 +6,9 @@ are found by exact search (retrieval.search), and the run is scored with trec_ev
 definitions (metrics.py). The corpus is put in descending document-id order before it is
 embedded, so that search's tie rule (lower row first) is trec_eval's (higher id first):
 the top k is the first k of the ranking trec_eval would make of the full corpus, and the
-written run file scores identically with `gtr-jax metrics`.
+written run file scores identically with `gtr-jax metrics`. `evaluate_bm25` (`gtr-jax
+evaluate --ranker=bm25`) ranks the same tasks with BM25 instead (gtr_jax.bm25, whose index
+keeps the same tie order) and reports and writes them the same way.
 
 Protocols (the headline measures, `headline_measures`): MS MARCO dev MRR@10 (mrr_10);
 MultiReQA P@1 and MRR over each split's whole candidate pool (P_1, recip_rank: the
@@ -78,15 +80,24 @@ def rank(query_ids, query_embeddings, ordered_doc_ids: np.ndarray, corpus, top_k
     """
     k = min(top_k + int(ignore_identical_ids), len(ordered_doc_ids))
     scores, rows = retrieval.search(query_embeddings, corpus, k, mesh=mesh, approximate=approximate)
-    doc_ids = ordered_doc_ids[rows]
+    return top_ranking(query_ids, ordered_doc_ids[rows], scores, top_k, ignore_identical_ids)
+
+
+def top_ranking(query_ids, doc_ids: np.ndarray, scores: np.ndarray, top_k: int,
+                ignore_identical_ids: bool = False) -> Ranking:
+    """The first top_k of each query's ranked candidates (doc ids and scores [num_queries, k], best first).
+
+    With `ignore_identical_ids` a query's own id is dropped first (BEIR's rule), so the
+    candidates should hold top_k + 1 documents; a row left short is padded.
+    """
     if ignore_identical_ids:
         keep = doc_ids != np.asarray(query_ids)[:, None]
         # Each row's kept documents first, in rank order, cut to top_k; a row short of them is padded.
-        picked = np.argsort(~keep, axis=1, kind="stable")[:, : min(top_k, len(ordered_doc_ids))]
+        picked = np.argsort(~keep, axis=1, kind="stable")[:, :top_k]
         kept = np.take_along_axis(keep, picked, 1)
         doc_ids = np.where(kept, np.take_along_axis(doc_ids, picked, 1), "")
         scores = np.where(kept, np.take_along_axis(scores, picked, 1), -np.inf)
-    return Ranking(list(query_ids), doc_ids, scores)
+    return Ranking(list(query_ids), doc_ids[:, :top_k], scores[:, :top_k])
 
 
 def _task_names(spec) -> list[str]:
@@ -120,6 +131,15 @@ def load_task(task: str, max_queries: int | None = None) -> EvalSet:
     from gtr_jax import data
 
     return subset_queries(data.load_eval_set(task), max_queries)
+
+
+def _score(task: str, label: str, eval_set: EvalSet, ranking: Ranking, measures) -> dict:
+    """{measure: mean} of the task's ranking; process 0 prints them in one line, `label` naming the ranker."""
+    result = metrics.evaluate(eval_set.qrels, ranking.run(), measures)
+    if jax.process_index() == 0:
+        shown = ", ".join(f"{m} {result[m]:.4f}" for m in headline_measures(task) if m in result)
+        print(f"{task} ({label}, {result['num_q']} queries, {len(eval_set.doc_ids)} documents): {shown}")
+    return result
 
 
 def _write_results(directory: str, rankings: dict, summary: dict):
@@ -181,10 +201,7 @@ def evaluate(
         ordered_ids = np.asarray(take(eval_set.doc_ids, order))
         rankings[task] = rank(eval_set.query_ids, queries, ordered_ids, corpus, top_k, mesh=mesh,
                               approximate=approximate, ignore_identical_ids=task.startswith("beir_"))
-        results[task] = metrics.evaluate(eval_set.qrels, rankings[task].run(), measures)
-        if jax.process_index() == 0:
-            shown = ", ".join(f"{m} {results[task][m]:.4f}" for m in headline_measures(task) if m in results[task])
-            print(f"{task} (step {step}, {results[task]['num_q']} queries, {len(order)} documents): {shown}")
+        results[task] = _score(task, f"step {step}", eval_set, rankings[task], measures)
     summary = {"model_dir": model_dir, "step": step, "top_k": top_k, "approximate": approximate,
                "results": results}
     _write_results(output_dir, rankings, summary)
@@ -194,6 +211,37 @@ def evaluate(
         writer = metric_writers.create_default_writer(os.path.join(output_dir, "tensorboard"), asynchronous=False)
         writer.write_scalars(step, {f"{t}/{m}": v for t, values in results.items() for m, v in values.items()})
         writer.close()
+    return results
+
+
+@gin.configurable
+def evaluate_bm25(
+    *,
+    tasks=gin.REQUIRED,
+    output_dir: str = gin.REQUIRED,
+    top_k: int = 100,
+    measures=metrics.DEFAULT_MEASURES,
+    max_queries: int | None = None,
+    progress: bool = True,
+) -> dict:
+    """Rank `tasks` with BM25 (gtr_jax.bm25) instead of a model; return {task: {measure: mean}}.
+
+    Writes OUTPUT_DIR/metrics.json, with "ranker": "bm25" and the BM25 settings, and
+    OUTPUT_DIR/<task>.run, as `evaluate` does (BM25 has no step to log TensorBoard scalars at).
+    """
+    # bm25s runs a JAX op when imported, which a multi-process run must not do before jax.distributed starts.
+    from gtr_jax import bm25
+
+    rankings, results = {}, {}
+    for task in _task_names(tasks):
+        eval_set = load_task(task, max_queries)
+        index = bm25.Bm25Index.build(eval_set.doc_ids, eval_set.doc_texts, progress)
+        ignore_identical_ids = task.startswith("beir_")
+        doc_ids, scores = index.search(eval_set.query_texts, top_k + int(ignore_identical_ids), progress)
+        rankings[task] = top_ranking(eval_set.query_ids, doc_ids, scores, top_k, ignore_identical_ids)
+        results[task] = _score(task, "bm25", eval_set, rankings[task], measures)
+    summary = {"ranker": "bm25", "bm25": bm25.settings(), "top_k": top_k, "results": results}
+    _write_results(output_dir, rankings, summary)
     return results
 
 
@@ -251,12 +299,16 @@ class RetrievalEvaluation:
 
 
 def _evaluate_command(args):
-    """Evaluate the gin-configured checkpoint and tasks."""
+    """Evaluate the gin-configured checkpoint (or BM25) on the gin-configured tasks."""
     from gtr_jax import cli
 
-    cli.parse_gin(args.gin_file, args.gin_bindings, args.gin_search_paths)
+    bindings, run = args.gin_bindings, evaluate
+    if args.ranker == "bm25":
+        # BM25 reads no checkpoint, but gin requires the gin files' MODEL_DIR to be set; a user's binding still wins.
+        bindings, run = ["MODEL_DIR = None", *bindings], evaluate_bm25
+    cli.parse_gin(args.gin_file, bindings, args.gin_search_paths)
     try:
-        evaluate()
+        run()
     except RuntimeError as error:
         # gin reports an unset required binding as a RuntimeError: a user's mistake.
         if "Required bindings" in str(error) or "REQUIRED" in str(error):
@@ -270,6 +322,8 @@ def add_evaluate_parser(commands):
     parser.add_argument("--gin_file", action="append", default=[], required=True,
                         help="gin file, e.g. gin/eval/retrieval.gin; repeatable")
     parser.add_argument("--gin_search_paths", action="append", default=[], help="extra directories for gin includes")
+    parser.add_argument("--ranker", choices=("model", "bm25"), default="model",
+                        help="rank with the checkpoint of MODEL_DIR, or with BM25 (bm25s; no MODEL_DIR)")
     parser.epilog = ("Any --gin.NAME=VALUE adds a gin binding, e.g. --gin.MODEL_DIR=/tmp/run "
                      "--gin.MIXTURE_OR_TASK_NAME=beir_scifact --gin.EVAL_OUTPUT_DIR=/tmp/eval.")
     parser.set_defaults(run=_evaluate_command)

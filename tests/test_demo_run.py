@@ -1,4 +1,4 @@
-"""`make demo` end to end with a handful of steps: train, evaluate (vs random init), export."""
+"""`make demo` end to end with a handful of steps: train, evaluate (vs random init and BM25), export."""
 
 import json
 import os
@@ -20,6 +20,7 @@ def test_make_demo_trains_evaluates_and_exports(tmp_path):
     lines = result.stdout.splitlines()
     assert any(line.startswith("demo_test, random init:") and "P@1" in line for line in lines), result.stdout
     assert any(line.startswith("demo_test, trained:") and "NDCG@10" in line for line in lines), result.stdout
+    assert any(line.startswith("demo_test, BM25 (bm25s):") and "NDCG@10" in line for line in lines), result.stdout
 
     assert sorted(os.listdir(demo_dir / "model" / "checkpoints")) == ["checkpoint_3"]
     metrics = json.loads((demo_dir / "eval" / "metrics.json").read_text())
