@@ -42,7 +42,16 @@ def adafactor(
     multiply_by_parameter_scale: bool = True,
     min_dim_size_to_factor: int = 128,
 ) -> optax.GradientTransformation:
-    """optax Adafactor (factored second moments, no momentum) under `linear_schedule`."""
+    """optax Adafactor (factored second moments, no momentum) under `linear_schedule`.
+
+    The defaults are t5x's (and the paper's): β2_t = 1 - t^-0.8, updates clipped at RMS
+    1, steps proportional to the parameter's RMS (at least 1e-3), second moments factored
+    for matrices whose two largest dimensions are both ≥ `min_dim_size_to_factor`.
+    `torch.optim.Adafactor` (sentence-transformers users' choice) is the same algorithm
+    but factors every matrix; `min_dim_size_to_factor=1` makes the two step alike
+    (tests/test_optimizer_parity.py). Epsilons differ too: optax adds 1e-30 to squared
+    gradients, torch floors the variance estimate at float32 eps².
+    """
     if not 0 <= warmup_steps < total_steps:
         raise UserError(f"adafactor: need 0 <= warmup_steps ({warmup_steps}) < total_steps ({total_steps}); "
                         "set WARMUP_STEPS and TRAIN_STEPS accordingly")
