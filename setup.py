@@ -44,7 +44,18 @@ TEST_REQUIRES = [
 ]
 
 # Peers the benchmarks under bench/ measure against (not needed by tests).
-BENCH_REQUIRES = TEST_REQUIRES + ["faiss-cpu==1.15.1"]
+BENCH_REQUIRES = TEST_REQUIRES + [
+    "faiss-cpu==1.15.1",
+    # bench/quality_data.py builds its task from these packages' docstrings; pinned (the
+    # ones above pull them in unpinned) so that every machine builds the same task.
+    "scipy==1.17.1",
+    "keras==3.15.1",
+    "sympy==1.14.0",
+    "networkx==3.6.1",
+    "huggingface_hub==0.36.2",
+    "pillow==13.0.0",
+    "fonttools==4.68.0",
+]
 
 setuptools.setup(
     name="gtr_jax",
