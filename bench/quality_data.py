@@ -33,8 +33,7 @@ import tempfile
 import time
 import warnings
 
-from gtr_jax import build_vocab, demo
-from gtr_jax.stdlib_docs import SIGNATURE_LINE
+from gtr_jax import build_vocab, demo, stdlib_docs
 
 # Top-level packages walked, in this order: those setup.py pins, then (sympy, networkx,
 # huggingface_hub, PIL, fontTools) hard requirements of torch, transformers and matplotlib,
@@ -83,18 +82,6 @@ def _source_files(package: str) -> list[tuple[str, str]]:
     return sorted(found, key=lambda item: item[1])
 
 
-def _split_doc(doc: str) -> tuple[str, str]:
-    """(summary, rest) of a cleaned docstring, as gtr_jax.stdlib_docs._entry splits it."""
-    lines = doc.splitlines()
-    while lines and (SIGNATURE_LINE.match(lines[0].strip()) or not lines[0].strip()):
-        lines.pop(0)
-    paragraphs = re.split(r"\n\s*\n", "\n".join(lines).strip())
-    first = " ".join(paragraphs[0].split())
-    end = re.search(r"[.!?](\s|$)", first)
-    cut = end.end() if end else len(first)
-    return first[:cut].strip(), "\n\n".join(p for p in [first[cut:].strip(), *paragraphs[1:]] if p)
-
-
 def _signature(node) -> str:
     """`(args) -> returns` of a function; a class's `__init__` args without self, or ''."""
     if isinstance(node, ast.ClassDef):
@@ -126,7 +113,7 @@ def _module_entries(module: str, path: str) -> list[tuple[str, str, str, str]]:
     def visit(name, node):
         doc = ast.get_docstring(node, clean=True)
         if doc:
-            entries.append((name, _signature(node), *_split_doc(doc)))
+            entries.append((name, _signature(node), *stdlib_docs.split_docstring(doc)[1:]))
 
     for node in tree.body:
         if isinstance(node, kinds) and not node.name.startswith("_"):
@@ -165,12 +152,6 @@ def _pairs() -> tuple[list[tuple[str, str, str, str]], dict]:
     demo_texts = {_clean(text) for _, query, passage, _ in demo.all_pairs() for text in (query, passage)}
     entries = keep("in_demo", [e for e in entries if e[2] not in demo_texts and e[3] not in demo_texts])
     return [e[:4] for e in entries], counts
-
-
-def _split_of(summary: str) -> str:
-    """'test' for TEST_PERCENT of summaries by the blake2b hash gtr_jax.demo.split_of uses, else 'train'."""
-    bucket = int.from_bytes(hashlib.blake2b(summary.encode(), digest_size=8).digest(), "little") % 100
-    return "test" if bucket < TEST_PERCENT else "train"
 
 
 def _environment() -> dict:
@@ -216,7 +197,7 @@ def _write(directory: str, environment: dict) -> dict:
     pairs, counts = _pairs()
     split = {"train": [], "test": []}  # ids: a pair's position in walk order
     for i, (_, _, query, passage) in enumerate(pairs):
-        split[_split_of(query)].append((i, query, passage))
+        split[demo.split_of(query, TEST_PERCENT)].append((i, query, passage))
     train, test = split["train"], split["test"]
     join = os.path.join
     _write_lines(join(directory, "train", "collection.tsv"), (f"{i}\t{p}" for i, _, p in train))

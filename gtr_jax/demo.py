@@ -40,10 +40,10 @@ def _stdlib_entries() -> tuple:
     return tuple(tuple(entry) for entry in json.loads(result.stdout))
 
 
-def split_of(summary: str) -> str:
-    """'test' for a fixed TEST_PERCENT of summaries (by hash), else 'train'."""
+def split_of(summary: str, test_percent: int = TEST_PERCENT) -> str:
+    """'test' for a fixed `test_percent` of summaries (by hash), else 'train'."""
     bucket = int.from_bytes(hashlib.blake2b(summary.encode(), digest_size=8).digest(), "little") % 100
-    return "test" if bucket < TEST_PERCENT else "train"
+    return "test" if bucket < test_percent else "train"
 
 
 @functools.cache

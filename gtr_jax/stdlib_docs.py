@@ -83,21 +83,30 @@ def _signature(obj, leading: list[str]) -> str:
     return ADDRESS.sub("", signature)
 
 
-def _entry(name: str, obj):
-    doc = obj.__doc__ if isinstance(getattr(obj, "__doc__", None), str) else None
-    if not doc:
-        return None
-    lines = inspect.cleandoc(doc).splitlines()
+def split_docstring(doc: str) -> tuple[list[str], str, str]:
+    """(leading signature and blank lines, summary, rest) of a cleaned docstring.
+
+    The summary is the first sentence, even when the docstring wraps it over lines; the
+    rest is everything after it, paragraphs kept.
+    """
+    lines = doc.splitlines()
     leading = []
     while lines and (SIGNATURE_LINE.match(lines[0].strip()) or not lines[0].strip()):
         leading.append(lines.pop(0).strip())
     paragraphs = re.split(r"\n\s*\n", "\n".join(lines).strip())
     first = " ".join(paragraphs[0].split())
-    # The summary is the first sentence, even when the docstring wraps it over lines.
     end = re.search(r"[.!?](\s|$)", first)
     cut = end.end() if end else len(first)
     rest = "\n\n".join(p for p in [first[cut:].strip(), *paragraphs[1:]] if p)
-    return [name, _signature(obj, [l for l in leading if l != "--"]), first[:cut].strip(), rest]
+    return leading, first[:cut].strip(), rest
+
+
+def _entry(name: str, obj):
+    doc = obj.__doc__ if isinstance(getattr(obj, "__doc__", None), str) else None
+    if not doc:
+        return None
+    leading, summary, rest = split_docstring(inspect.cleandoc(doc))
+    return [name, _signature(obj, [l for l in leading if l != "--"]), summary, rest]
 
 
 def main():
