@@ -22,10 +22,13 @@ Modes:
   same_init     gtr_jax starts from the peer's initial weights (`save_pretrained`, then
                 `gtr-jax import --from=sentence-transformers`);
   same_batches  the peer trains on gtr_jax's own batches (gtr_jax.data.batch_iterator);
-  controlled    both, with per-step losses of both recorded, plotted (loss_curves.png)
+  controlled    both, with per-step losses of both recorded, plotted (*_loss_curves.png)
                 and compared: the first step where they differ by more than 1%.
 
-Writes WORKDIR/results.json (every run) and prints the table of means ± std over seeds.
+Writes bench/results/quality_<task>_<preset>_<mode>.json (`--results`) after every run,
+and prints the table of means ± std over seeds. Run again, it keeps the runs that file
+holds for the same task, preset and mode and trains only the missing ones, so a long
+comparison can be spread over several sittings (models go to --workdir).
 """
 
 import argparse
@@ -269,6 +272,17 @@ def score(run: dict, qrels: dict) -> dict:
     return {"mrr_10": mrr, "P_1": p1}
 
 
+def previous_runs(results_path: str, task: str, preset: Preset, mode: str) -> list[dict]:
+    """The runs an earlier invocation wrote for the same task, preset and mode (the
+    benchmark resumes: runs take minutes to hours on a CPU), else none."""
+    if not os.path.exists(results_path):
+        return []
+    with open(results_path) as f:
+        previous = json.load(f)
+    same = (previous["task"], previous["preset"], previous["mode"]) == (task, dataclasses.asdict(preset), mode)
+    return previous["runs"] if same else []
+
+
 def parting_step(ours, theirs) -> int | None:
     """The first step at which the two loss curves differ by more than PART_THRESHOLD (relative)."""
     theirs = dict(theirs)
@@ -328,7 +342,8 @@ def main(argv=None):
     parser.add_argument("--losses", default="in_batch,samtone")
     parser.add_argument("--systems", default="gtr_jax,peer")
     parser.add_argument("--steps", type=int, help="override the preset's steps")
-    parser.add_argument("--workdir", default="bench_quality_out")
+    parser.add_argument("--workdir", default="bench_quality_out", help="model directories and the pydocs data")
+    parser.add_argument("--results", help="results JSON (default: bench/results/quality_<task>_<preset>_<mode>.json)")
     args = parser.parse_args(argv)
     preset = PRESETS[args.preset]
     if args.steps:
@@ -341,14 +356,23 @@ def main(argv=None):
         parser.error("same_init and controlled modes need both systems (gtr_jax starts from the peer's init)")
     workdir = os.path.abspath(os.path.join(args.workdir, f"{args.task}_{args.preset}_{args.mode}"))
     os.makedirs(workdir, exist_ok=True)
-    results_path = os.path.join(workdir, "results.json")
+    name = f"quality_{args.task}_{args.preset}_{args.mode}"
+    results_path = args.results or os.path.join(ROOT, "bench", "results", name + ".json")
+    os.makedirs(os.path.dirname(os.path.abspath(results_path)), exist_ok=True)
     task = load_task(args.task, os.path.abspath(args.workdir))
     qrels = {_text(q): {_text(d): r for d, r in docs.items()} for q, docs in task.eval_set.qrels.items()}
     bm25 = score(bm25_run(task), qrels)
-    results, curves = [], {}
+    results, curves = previous_runs(results_path, args.task, preset, args.mode), {}
     for seed in seeds:
         for loss in losses:
             run_dir = os.path.join(workdir, f"{loss}_seed{seed}")
+            done = [r for r in results if (r["seed"], r["loss"]) == (seed, loss) and r["system"] in systems]
+            if {r["system"] for r in done} == set(systems):
+                print(f"{loss} seed {seed}: results kept from an earlier run of this benchmark")
+                if args.mode == "controlled":
+                    curves[f"{loss}, seed {seed}"] = {r["system"]: r["losses"] for r in done}
+                continue
+            results = [r for r in results if r not in done]
             by_system = {}
             if "peer" in systems:
                 by_system["peer"], init_dir = train_peer(preset, task, loss, seed, os.path.join(run_dir, "peer"),
@@ -375,7 +399,7 @@ def main(argv=None):
                 json.dump({"task": args.task, "preset": dataclasses.asdict(preset), "mode": args.mode,
                            "bm25": bm25, "runs": results, "summary": summarize(results)}, f, indent=1)
     if curves:
-        plot_curves(curves, os.path.join(workdir, "loss_curves.png"))
+        plot_curves(curves, os.path.splitext(results_path)[0] + "_loss_curves.png")
     print(f"\n{args.task}, preset {args.preset} ({preset.steps} steps), mode {args.mode}:")
     print_table(summarize(results), bm25)
     print(f"results: {results_path}")
