@@ -263,7 +263,8 @@ def score(run: dict, qrels: dict) -> dict:
     """MRR@10 and P@1 of a run, by pytrec_eval (trec_eval's code) on the run cut to its top 10."""
     import pytrec_eval
 
-    top10 = {q: dict(sorted(docs.items(), key=lambda kv: (-kv[1], kv[0]), reverse=False)[:10]) for q, docs in run.items()}
+    # trec_eval's order: score descending, ties by document id descending.
+    top10 = {q: dict(sorted(docs.items(), key=lambda kv: (kv[1], kv[0]), reverse=True)[:10]) for q, docs in run.items()}
     qrels = {q: {d: int(r) for d, r in docs.items()} for q, docs in qrels.items()}
     per_query = pytrec_eval.RelevanceEvaluator(qrels, {"recip_rank", "P_1"}).evaluate(top10)
     # Queries a run does not answer count 0, as in trec_eval -c.
