@@ -172,6 +172,7 @@ def train_gtr_jax(preset, task, loss, seed, run_dir, init_dir=None, log_every=50
 
 
 def token_arrays(tokenizer, texts, length):
+    """Padded [n, length] ids of texts, tokenized as gtr_jax's pipeline does (EOS kept)."""
     from gtr_jax import vocab
 
     return vocab.pad_batch(tokenizer.encode([_text(t) for t in texts], length), length)
@@ -209,7 +210,7 @@ def peer_batches(preset, task, seed, same_batches):
         yield token_arrays(tokenizer, queries, preset.query_length), token_arrays(tokenizer, docs, preset.doc_length)
 
 
-def train_peer(preset, task, loss, seed, run_dir, same_batches=False) -> tuple[dict, object]:
+def train_peer(preset, task, loss, seed, run_dir, same_batches=False) -> tuple[dict, str]:
     """Train the peer; rank the test set. Returns (result, the model's init directory)."""
     import torch
 
@@ -325,6 +326,7 @@ def summarize(results: list[dict]) -> list[dict]:
 
 
 def print_table(rows, bm25) -> None:
+    """The summary rows and the BM25 line as a markdown table."""
     print("| system | loss | seeds | MRR@10 | P@1 | train s/run |")
     print("| --- | --- | --- | --- | --- | --- |")
     for r in rows:
