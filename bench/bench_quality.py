@@ -93,11 +93,19 @@ class Task:
     name: str
     vocabulary: str
     vocab_size: int
-    train_bindings: list  # gin flags selecting the training task
+    train_task: str  # the registered training task
+    msmarco_dir: str | None  # its MSMARCO_DIR, for a task in the MS MARCO layout
     eval_bindings: list  # gin flags selecting the evaluation task
     eval_task: str  # the name gtr-jax evaluate writes <eval_task>.run under
     pairs: object  # gtr_jax.examples.Pairs
     eval_set: object  # gtr_jax.examples.EvalSet
+
+    def train_bindings(self) -> list[str]:
+        """The gin flags selecting the training task, its data and its vocabulary."""
+        flags = [f"--gin.MIXTURE_OR_TASK_NAME={self.train_task}"]
+        if self.msmarco_dir:
+            flags += [f"--gin.MSMARCO_DIR={self.msmarco_dir}", f"--gin.VOCABULARY={self.vocabulary}"]
+        return flags
 
 
 def _text(value) -> str:
@@ -109,17 +117,15 @@ def load_task(name: str, workdir: str) -> Task:
     from gtr_jax import beir, demo, msmarco
 
     if name == "demo":
-        return Task("demo", demo.DEMO_VOCABULARY, 4096, ["--gin.MIXTURE_OR_TASK_NAME=demo_train"],
-                    ["--gin.MIXTURE_OR_TASK_NAME=demo_test"], "demo_test", demo.pairs("train"), demo.eval_set("test"))
+        return Task("demo", demo.DEMO_VOCABULARY, 4096, "demo_train", None, ["--gin.MIXTURE_OR_TASK_NAME=demo_test"],
+                    "demo_test", demo.pairs("train"), demo.eval_set("test"))
     import quality_data  # bench/
 
     directory = os.path.join(workdir, "pydocs")
     quality_data.build(directory)
     vocabulary = os.path.join(directory, "spiece.model")
     train_dir, test_dir = os.path.join(directory, "train"), os.path.join(directory, "test")
-    return Task("pydocs", vocabulary, 8000,
-                ["--gin.MIXTURE_OR_TASK_NAME=msmarco_train_pairs", f"--gin.MSMARCO_DIR={train_dir}",
-                 f"--gin.VOCABULARY={vocabulary}"],
+    return Task("pydocs", vocabulary, 8000, "msmarco_train_pairs", train_dir,
                 ["--gin.MIXTURE_OR_TASK_NAME=@beir_task()", "--gin.beir_task.name='pydocs'",
                  f"--gin.beir_task.directory='{test_dir}'"],
                 "beir_pydocs", msmarco.train_pairs(train_dir), beir.eval_set(test_dir, "test"))
@@ -150,7 +156,7 @@ def train_gtr_jax(preset, task, loss, seed, run_dir, init_dir=None, log_every=50
     gtr_jax_command(
         "train", "--gin_file=runs/finetune.gin", "--gin_file=models/t5_1_1_tiny.gin",
         "--gin_file=architectures/sde.gin", f"--gin_file={LOSS_GIN[loss]}", f"--gin.MODEL_DIR={run_dir}",
-        *task.train_bindings, f"--gin.TRAIN_STEPS={preset.steps}", f"--gin.BATCH_SIZE={preset.batch_size}",
+        *task.train_bindings(), f"--gin.TRAIN_STEPS={preset.steps}", f"--gin.BATCH_SIZE={preset.batch_size}",
         f"--gin.TASK_FEATURE_LENGTHS={{'query': {preset.query_length}, 'doc': {preset.doc_length}}}",
         f"--gin.LEARNING_RATE={preset.learning_rate}", f"--gin.WARMUP_STEPS={preset.warmup_steps}",
         f"--gin.TEMPERATURE={preset.temperature}", f"--gin.SEED={seed}", *size,
@@ -187,11 +193,10 @@ def peer_batches(preset, task, seed, same_batches):
         from gtr_jax import data
 
         gin.clear_config()
-        if task.name == "pydocs":
-            gin.bind_parameter("msmarco_dir.directory", task.train_bindings[1].split("=", 1)[1])
+        if task.msmarco_dir:
+            gin.bind_parameter("msmarco_dir.directory", task.msmarco_dir)
             gin.bind_parameter("Tokenizer.path", task.vocabulary)
-        name = task.train_bindings[0].split("=", 1)[1]
-        batches = data.batch_iterator(name, global_batch_size=preset.batch_size, seed=seed,
+        batches = data.batch_iterator(task.train_task, global_batch_size=preset.batch_size, seed=seed,
                                       feature_lengths={"query": preset.query_length, "doc": preset.doc_length})
         for _ in range(preset.steps):
             batch = next(batches)
@@ -251,12 +256,13 @@ def bm25_run(task) -> dict:
 
 
 def read_run(path: str) -> dict:
-    """A TREC run file as {qid: {docid: score}}."""
+    """A TREC run file (read by gtr_jax.metrics) as {qid: {docid: score}}."""
+    from gtr_jax import metrics
+
     run = {}
-    with open(path) as f:
-        for line in f:
-            qid, _, docid, _, score, _ = line.split()
-            run.setdefault(qid, {})[docid] = float(score)
+    parsed = metrics.read_run(path)
+    for qid, docid, score in zip(parsed.query_ids, parsed.doc_ids, parsed.scores):
+        run.setdefault(str(qid), {})[str(docid)] = float(score)
     return run
 
 
