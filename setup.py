@@ -63,9 +63,9 @@ setuptools.setup(
     description=__doc__,
     packages=setuptools.find_packages(include=["gtr_jax", "gtr_jax.*", "tasks", "tasks.*"]),
     # The demo's SentencePiece model ships inside the package.
-    package_data={"gtr_jax": ["assets/*.model"]},
+    package_data={"gtr_jax.data.sources": ["assets/*.model"]},
     python_requires=">=3.11",
     install_requires=INSTALL_REQUIRES,
     extras_require={"test": TEST_REQUIRES, "bench": BENCH_REQUIRES},
-    entry_points={"console_scripts": ["gtr-jax = gtr_jax.cli:main"]},
+    entry_points={"console_scripts": ["gtr-jax = gtr_jax.cli.main:main"]},
 )

@@ -1,6 +1,6 @@
 """Benchmark (not a test): the input pipeline's examples/s against what a train step consumes.
 
-Pipeline: `data.batch_iterator` producing tokenized, padded numpy batches of one host,
+Pipeline: `pipeline.batch_iterator` producing tokenized, padded numpy batches of one host,
   demo_train                   the embedded docstring pairs (short texts);
   msmarco_train_qidpidtriples  a synthetic MS MARCO directory in the official formats
                                (passages of ~56 words like the real ones), one hard
@@ -31,7 +31,8 @@ import gin  # noqa: E402
 import numpy as np  # noqa: E402
 
 import tasks  # noqa: E402, F401
-from gtr_jax import data, demo, msmarco  # noqa: E402
+from gtr_jax.data import pipeline  # noqa: E402
+from gtr_jax.data.sources import demo, msmarco  # noqa: E402
 
 
 def write_synthetic_msmarco(directory: str, passages: int, seed: int = 0) -> None:
@@ -55,7 +56,7 @@ def write_synthetic_msmarco(directory: str, passages: int, seed: int = 0) -> Non
 
 def pipeline_rate(task: str, batch: int, lengths: dict, steps: int = 40) -> tuple[float, dict]:
     """(examples/s, first batch) of batch_iterator once its data is loaded (first batch excluded)."""
-    batches = data.batch_iterator(task, global_batch_size=batch, feature_lengths=lengths, seed=0, prefetch=1)
+    batches = pipeline.batch_iterator(task, global_batch_size=batch, feature_lengths=lengths, seed=0, prefetch=1)
     first = next(batches)
     start = time.perf_counter()
     for _ in itertools.islice(batches, steps):
@@ -68,7 +69,8 @@ def train_step_rate(batch_np: dict, steps: int) -> float:
     import jax
     import optax
 
-    from gtr_jax import dual_encoder, losses, t5
+    from gtr_jax.model import dual_encoder, t5
+    from gtr_jax import losses
 
     config = dual_encoder.ModelConfig(t5.T5Config(), "sde", 768)
     model = config.build()

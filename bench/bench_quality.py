@@ -11,7 +11,7 @@ EOS appended), τ, batch, steps and Adafactor schedule (linear warmup, then line
 gin/models/t5_1_1_tiny.gin resized, gin/architectures/sde.gin, gin/losses/*.gin) with its
 default recipe; the peer is bench/quality_peer.py. Each trained model ranks the task's
 test corpus for its test queries (exact search, top 100), and every run, BM25's
-(gtr_jax.bm25, bm25s) included, is scored by pytrec_eval: MRR@10 and P@1.
+(gtr_jax.eval.bm25, bm25s) included, is scored by pytrec_eval: MRR@10 and P@1.
 
 Tasks (built offline): `demo`, gtr_jax's embedded standard-library docstring task (2,109
 training pairs; 261 test queries over all 2,370 passages), and `pydocs`, the same kind of
@@ -21,7 +21,7 @@ Modes:
   independent   each trainer draws its own init and its own data order from the seed;
   same_init     gtr_jax starts from the peer's initial weights (`save_pretrained`, then
                 `gtr-jax import --from=sentence-transformers`);
-  same_batches  the peer trains on gtr_jax's own batches (gtr_jax.data.batch_iterator);
+  same_batches  the peer trains on gtr_jax's own batches (gtr_jax.data.pipeline.batch_iterator);
   controlled    both, with per-step losses of both recorded, plotted (*_loss_curves.png)
                 and compared: the first step where they differ by more than 1%.
 
@@ -97,8 +97,8 @@ class Task:
     msmarco_dir: str | None  # its MSMARCO_DIR, for a task in the MS MARCO layout
     eval_bindings: list  # gin flags selecting the evaluation task
     eval_task: str  # the name gtr-jax evaluate writes <eval_task>.run under
-    pairs: object  # gtr_jax.examples.Pairs
-    eval_set: object  # gtr_jax.examples.EvalSet
+    pairs: object  # gtr_jax.data.examples.Pairs
+    eval_set: object  # gtr_jax.data.examples.EvalSet
 
     def train_bindings(self) -> list[str]:
         """The gin flags selecting the training task, its data and its vocabulary."""
@@ -114,7 +114,7 @@ def _text(value) -> str:
 
 def load_task(name: str, workdir: str) -> Task:
     """The demo task, or the pydocs task built (once) under WORKDIR/pydocs."""
-    from gtr_jax import beir, demo, msmarco
+    from gtr_jax.data.sources import beir, demo, msmarco
 
     if name == "demo":
         return Task("demo", demo.DEMO_VOCABULARY, 4096, "demo_train", None, ["--gin.MIXTURE_OR_TASK_NAME=demo_test"],
@@ -133,7 +133,7 @@ def load_task(name: str, workdir: str) -> Task:
 
 def encoder_config(preset: Preset, task: Task):
     """gtr_jax's T5Config of the preset (the peer builds the same model from it)."""
-    from gtr_jax import t5
+    from gtr_jax.model import t5
 
     return t5.T5Config(vocab_size=task.vocab_size, d_model=preset.d_model, num_layers=preset.num_layers,
                        num_heads=preset.num_heads, d_kv=preset.d_kv, d_ff=preset.d_ff, dropout_rate=0.0)
@@ -179,7 +179,7 @@ def train_gtr_jax(preset, task, loss, seed, run_dir, init_dir=None, log_every=50
 
 def token_arrays(tokenizer, texts, length):
     """Padded [n, length] ids of texts, tokenized as gtr_jax's pipeline does (EOS kept)."""
-    from gtr_jax import vocab
+    from gtr_jax.data import vocab
 
     return vocab.pad_batch(tokenizer.encode([_text(t) for t in texts], length), length)
 
@@ -190,19 +190,19 @@ def peer_batches(preset, task, seed, same_batches):
         import gin
 
         import tasks  # noqa: F401  (registers the tasks)
-        from gtr_jax import data
+        from gtr_jax.data import pipeline
 
         gin.clear_config()
         if task.msmarco_dir:
             gin.bind_parameter("msmarco_dir.directory", task.msmarco_dir)
             gin.bind_parameter("Tokenizer.path", task.vocabulary)
-        batches = data.batch_iterator(task.train_task, global_batch_size=preset.batch_size, seed=seed,
+        batches = pipeline.batch_iterator(task.train_task, global_batch_size=preset.batch_size, seed=seed,
                                       feature_lengths={"query": preset.query_length, "doc": preset.doc_length})
         for _ in range(preset.steps):
             batch = next(batches)
             yield batch["query_tokens"], batch["doc_tokens"]
         return
-    from gtr_jax.vocab import shared_tokenizer
+    from gtr_jax.data.vocab import shared_tokenizer
 
     tokenizer = shared_tokenizer(task.vocabulary)
     pairs, rng, order = task.pairs, np.random.default_rng(seed), np.empty(0, np.int64)
@@ -219,7 +219,7 @@ def train_peer(preset, task, loss, seed, run_dir, same_batches=False) -> tuple[d
     """Train the peer; rank the test set. Returns (result, the model's init directory)."""
     import torch
 
-    from gtr_jax.vocab import shared_tokenizer
+    from gtr_jax.data.vocab import shared_tokenizer
 
     torch.set_num_threads(os.cpu_count())
     os.makedirs(run_dir, exist_ok=True)
@@ -245,8 +245,8 @@ def train_peer(preset, task, loss, seed, run_dir, same_batches=False) -> tuple[d
 
 
 def bm25_run(task) -> dict:
-    """BM25's top 100 for each test query (gtr_jax.bm25: bm25s with its stated settings)."""
-    from gtr_jax import bm25
+    """BM25's top 100 for each test query (gtr_jax.eval.bm25: bm25s with its stated settings)."""
+    from gtr_jax.eval import bm25
 
     evaluation = task.eval_set
     index = bm25.Bm25Index.build([_text(i) for i in evaluation.doc_ids], [_text(t) for t in evaluation.doc_texts])
@@ -256,8 +256,8 @@ def bm25_run(task) -> dict:
 
 
 def read_run(path: str) -> dict:
-    """A TREC run file (read by gtr_jax.metrics) as {qid: {docid: score}}."""
-    from gtr_jax import metrics
+    """A TREC run file (read by gtr_jax.eval.metrics) as {qid: {docid: score}}."""
+    from gtr_jax.eval import metrics
 
     run = {}
     parsed = metrics.read_run(path)

@@ -74,7 +74,7 @@ def bench_search(args):
     import faiss
     import jax
 
-    from gtr_jax import retrieval
+    from gtr_jax.eval import retrieval
 
     rng = np.random.default_rng(0)
     corpus = rng.normal(size=(args.corpus, 768)).astype(np.float32)
@@ -124,7 +124,8 @@ def bench_encode(args):
     import torch
     from sentence_transformers import SentenceTransformer
 
-    from gtr_jax import demo, encoding
+    from gtr_jax.data.sources import demo
+    from gtr_jax.eval import encoding
 
     passages = [passage for _, _, passage, _ in demo.all_pairs()[: args.passages]]
     with tempfile.TemporaryDirectory() as tmp:

@@ -4,7 +4,7 @@ Measures, on this machine's CPU (one XLA device using every core, as a real run 
   * examples/s and tokens/s of a full train step (forward, backward, optimizer) at batch
     32, lengths 64/128, for gtr_jax and for sentence-transformers' MultipleNegativesRanking
     loss with query-side same-tower negatives (SamToNe) on PyTorch, and their ratio. gtr_jax
-    runs as `gtr-jax` does, with freed host memory retained (gtr_jax.host_memory); the peer
+    runs as `gtr-jax` does, with freed host memory retained (gtr_jax.train.host_memory); the peer
     runs in fresh processes with and without that policy, and the faster is the reference;
   * MFU: model FLOPs per step / step time / the jnp.dot peak measured in this run, in the
     compute dtype (--dtype bfloat16: bfloat16 operands, float32 accumulation; the peer then
@@ -39,7 +39,7 @@ os.environ.setdefault("USE_TF", "0")
 os.environ.setdefault("USE_FLAX", "0")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from gtr_jax import host_memory  # noqa: E402
+from gtr_jax.train import host_memory  # noqa: E402
 
 # What `gtr-jax` does before JAX starts (see host_memory); the peer's child processes set
 # it or not themselves. GTR_JAX_KEEP_DEFAULT_MALLOC=1 measures gtr_jax with glibc's defaults.
@@ -55,7 +55,8 @@ from flax.core import meta  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
 
 import gtr_jax.losses  # noqa: E402,F401  (registers contrastive_loss with gin)
-from gtr_jax import dual_encoder, partitioning, t5, train_step  # noqa: E402
+from gtr_jax.model import dual_encoder, t5  # noqa: E402
+from gtr_jax.train import partitioning, train_step  # noqa: E402
 
 # SamToNe on the query side, as in the peer's directions=("query_to_doc", "query_to_query").
 gin.bind_parameter("contrastive_loss.same_tower", "query")

@@ -2,7 +2,7 @@
 
     python bench/quality_data.py --output=DIR
 
-gtr_jax's demo task (gtr_jax/demo.py) over the installed packages of PACKAGES, parsed with
+gtr_jax's demo task (gtr_jax/data/sources/demo.py) over the installed packages of PACKAGES, parsed with
 `ast` (never imported: fast, no side effects, deterministic). Query: the first sentence of a
 public function's, class's or method's docstring; passage: qualified name and signature,
 then the rest of the docstring, whitespace collapsed, cut at MAX_PASSAGE characters. Kept:
@@ -11,8 +11,8 @@ dropped, each rule on what the ones before left: summaries several objects share
 (ambiguous queries), passages that repeat another's, and pairs whose query or passage is
 in the demo task. A pair's split follows from a blake2b hash of its summary.
 
-Writes DIR/train in MS MARCO's layout (gtr_jax.msmarco.train_pairs), DIR/test in BEIR's
-(gtr_jax.beir.eval_set; the corpus is the test passages only), DIR/spiece.model (8,000
+Writes DIR/train in MS MARCO's layout (gtr_jax.data.sources.msmarco.train_pairs), DIR/test in BEIR's
+(gtr_jax.data.sources.beir.eval_set; the corpus is the test passages only), DIR/spiece.model (8,000
 pieces, trained on the training texts) and DIR/manifest.json (versions, counts, sha256 of
 each file). A DIR whose manifest matches this environment is reused as it is.
 """
@@ -33,7 +33,8 @@ import tempfile
 import time
 import warnings
 
-from gtr_jax import build_vocab, demo, stdlib_docs
+from gtr_jax.data import build_vocab
+from gtr_jax.data.sources import demo, stdlib_docs
 
 # Top-level packages walked, in this order: those setup.py pins, then (sympy, networkx,
 # huggingface_hub, PIL, fontTools) hard requirements of torch, transformers and matplotlib,

@@ -19,7 +19,8 @@ import os
 import numpy as np
 import torch
 
-from gtr_jax import optim, t5
+from gtr_jax.train import optim
+from gtr_jax.model import t5
 
 LOSS_DIRECTIONS = {"in_batch": ("query_to_doc",), "samtone": ("query_to_doc", "query_to_query")}
 

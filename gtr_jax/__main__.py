@@ -2,6 +2,6 @@
 
 import sys
 
-from gtr_jax.cli import main
+from gtr_jax.cli.main import main
 
 sys.exit(main())

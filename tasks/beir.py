@@ -6,8 +6,9 @@ import os
 
 import gin
 
-from gtr_jax import beir, data
-from gtr_jax.examples import positive_pairs
+from gtr_jax.data.sources import beir
+from gtr_jax.data import pipeline
+from gtr_jax.data.examples import positive_pairs
 
 # The BEIR datasets with public files, and the split each is evaluated on.
 STANDARD = {
@@ -28,7 +29,7 @@ def beir_task(name: str, directory: str | None = None, split: str = "test") -> s
     def resolve() -> str:
         return directory or os.path.join(beir.beir_dir(), name)
 
-    data.register_task(
+    pipeline.register_task(
         task,
         split,
         lambda: positive_pairs(beir.eval_set(resolve(), split)),

@@ -2,12 +2,13 @@
 
 import functools
 
-from gtr_jax import data, demo
-from gtr_jax.features import TokenizerVocabulary
+from gtr_jax.data import pipeline
+from gtr_jax.data.sources import demo
+from gtr_jax.data.features import TokenizerVocabulary
 
 _VOCABULARY = TokenizerVocabulary(demo.DEMO_VOCABULARY)
 for _split in demo.SPLITS:
-    data.register_task(
+    pipeline.register_task(
         f"demo_{_split}",
         _split,
         functools.partial(demo.pairs, _split),

@@ -9,8 +9,9 @@ import functools
 
 import seqio
 
-from gtr_jax import data, multireqa
-from gtr_jax.examples import positive_pairs
+from gtr_jax.data import pipeline
+from gtr_jax.data.sources import multireqa
+from gtr_jax.data.examples import positive_pairs
 
 
 def task_name(dataset: str, kind: str) -> str:
@@ -19,9 +20,9 @@ def task_name(dataset: str, kind: str) -> str:
 
 
 for _name in multireqa.TRAIN:
-    data.register_task(task_name(_name, "train"), "train", functools.partial(multireqa.train_pairs, _name))
+    pipeline.register_task(task_name(_name, "train"), "train", functools.partial(multireqa.train_pairs, _name))
 for _name in multireqa.DATASETS:
-    data.register_task(
+    pipeline.register_task(
         task_name(_name, "eval"),
         "test",
         lambda name=_name: positive_pairs(multireqa.eval_set(name)),

@@ -4,8 +4,8 @@ import gzip
 import json
 import os
 
-from gtr_jax.demo import DEMO_VOCABULARY
-from gtr_jax.vocab import Tokenizer, pad_batch
+from gtr_jax.data.sources.demo import DEMO_VOCABULARY
+from gtr_jax.data.vocab import Tokenizer, pad_batch
 
 PASSAGES = {
     0: "Paris is the capital and most populous city of France.",

@@ -8,8 +8,10 @@ import jax
 import numpy as np
 from flax.core import meta
 
-from gtr_jax import checkpoints, demo, dual_encoder, t5
-from gtr_jax.demo import DEMO_VOCABULARY
+from gtr_jax.train import checkpoints
+from gtr_jax.data.sources import demo
+from gtr_jax.model import dual_encoder, t5
+from gtr_jax.data.sources.demo import DEMO_VOCABULARY
 
 DUPLICATE_IDS = ("dup-a", "dup-b")  # the same passage twice: its two copies always tie
 

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gtr_jax import analysis, cli
-from gtr_jax.examples import EvalSet
+from gtr_jax.eval import analysis
+from gtr_jax.cli import main as cli
+from gtr_jax.data.examples import EvalSet
 from retrieval_case import random_model_dir, tiny_config, write_demo_beir
 
 

@@ -9,8 +9,9 @@ import seqio
 
 import tasks  # noqa: F401  (registers the tasks)
 from data_files import tokens, write, write_beir
-from gtr_jax import beir, data
-from gtr_jax.demo import DEMO_VOCABULARY
+from gtr_jax.data.sources import beir
+from gtr_jax.data import pipeline as data
+from gtr_jax.data.sources.demo import DEMO_VOCABULARY
 from gtr_jax.errors import UserError
 from tasks.beir import beir_task
 

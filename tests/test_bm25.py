@@ -1,4 +1,4 @@
-"""BM25 (gtr_jax.bm25) against bm25s itself and the BM25 formula, and `gtr-jax evaluate --ranker=bm25`
+"""BM25 (gtr_jax.eval.bm25) against bm25s itself and the BM25 formula, and `gtr-jax evaluate --ranker=bm25`
 against pytrec_eval on the run file it writes."""
 
 import json
@@ -14,7 +14,9 @@ import pytrec_eval
 import Stemmer
 
 from data_files import jsonl, write
-from gtr_jax import beir, bm25, cli
+from gtr_jax.data.sources import beir
+from gtr_jax.eval import bm25
+from gtr_jax.cli import main as cli
 
 # Ids out of order, so that index order (descending id) is not insertion order. Ties: doc07 and
 # doc21 are the same text; doc03, doc26, doc11 and doc18 each hold "capital" once in 3 tokens.

@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 
 import hf_models
-from gtr_jax import checkpoints, cli, hf_weights
-from gtr_jax.vocab import Tokenizer
+from gtr_jax.train import checkpoints
+from gtr_jax.cli import main as cli
+from gtr_jax.interop import hf_weights
+from gtr_jax.data.vocab import Tokenizer
 
 TEXTS = hf_models.SENTENCES[:8] + ["a long passage about retrieval " * 20, "ünïcödé queries — too"]
 

@@ -11,12 +11,13 @@ import seqio
 
 import tasks  # noqa: F401  (registers the tasks)
 from data_files import PASSAGES, QUERIES_TRAIN, tokens, write_msmarco
-from gtr_jax import beir, data, demo, msmarco
-from gtr_jax.demo import DEMO_VOCABULARY
+from gtr_jax.data.sources import beir, demo, msmarco
+from gtr_jax.data import pipeline as data
+from gtr_jax.data.sources.demo import DEMO_VOCABULARY
 from gtr_jax.errors import UserError
-from gtr_jax.examples import stable_ids
-from gtr_jax.features import DualEncoderFeatureConverter
-from gtr_jax.text_files import bad_lines_policy
+from gtr_jax.data.examples import stable_ids
+from gtr_jax.data.features import DualEncoderFeatureConverter
+from gtr_jax.data.text_files import bad_lines_policy
 
 LENGTHS = {"query": 16, "doc": 32}
 

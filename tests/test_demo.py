@@ -6,7 +6,8 @@ import sys
 
 import pytest
 
-from gtr_jax import build_vocab, demo
+from gtr_jax.data import build_vocab
+from gtr_jax.data.sources import demo
 
 
 def test_enough_unique_pairs_on_python_311():
@@ -29,7 +30,7 @@ def test_split_is_fixed_by_the_summary_alone():
     assert 0.05 < len(test) / len(pairs) < 0.15
     assert demo.split_of("Return the logarithm of x to the given base.") == "train"
     # A fresh interpreter (another hash seed) finds the same pairs and splits.
-    code = "from gtr_jax import demo; import hashlib; print(hashlib.sha256(repr(demo.all_pairs()).encode()).hexdigest())"
+    code = "from gtr_jax.data.sources import demo; import hashlib; print(hashlib.sha256(repr(demo.all_pairs()).encode()).hexdigest())"
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env={"PYTHONHASHSEED": "7"})
     assert run.stdout == hashlib.sha256(repr(pairs).encode()).hexdigest() + "\n"
 

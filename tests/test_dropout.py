@@ -7,7 +7,8 @@ import pytest
 import scipy.stats
 from jax.sharding import NamedSharding, PartitionSpec
 
-from gtr_jax import partitioning, t5
+from gtr_jax.train import partitioning
+from gtr_jax.model import t5
 
 MASK32 = 2**32 - 1
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax.core import meta
 
-from gtr_jax import dual_encoder, t5
+from gtr_jax.model import dual_encoder, t5
 
 CONFIG = t5.T5Config(vocab_size=64, d_model=16, num_layers=2, num_heads=2, d_kv=8, d_ff=24, dropout_rate=0.0)
 

@@ -5,7 +5,9 @@ import os
 import numpy as np
 import pytest
 
-from gtr_jax import demo, encoding, partitioning
+from gtr_jax.data.sources import demo
+from gtr_jax.eval import encoding
+from gtr_jax.train import partitioning
 from gtr_jax.errors import UserError
 from retrieval_case import random_model_dir
 

@@ -11,8 +11,11 @@ import pytest
 import pytrec_eval
 
 import tasks  # noqa: F401  (registers beir_scifact, read from BEIR_DIR/scifact)
-from gtr_jax import beir, cli, encoding, evaluation, metrics, trainer
-from gtr_jax.demo import DEMO_VOCABULARY
+from gtr_jax.data.sources import beir
+from gtr_jax.cli import main as cli
+from gtr_jax.eval import encoding, evaluation, metrics
+from gtr_jax.train import trainer
+from gtr_jax.data.sources.demo import DEMO_VOCABULARY
 from retrieval_case import DUPLICATE_IDS, random_model_dir, tiny_config, write_demo_beir
 
 TESTS = pathlib.Path(__file__).resolve().parent
@@ -173,7 +176,7 @@ def test_missing_required_setting_is_one_line(capsys):
 
 
 def test_beir_gin_names_registered_tasks():
-    from gtr_jax import data
+    from gtr_jax.data import pipeline as data
 
     gin.clear_config()
     try:

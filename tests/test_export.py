@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 
 import hf_models
-from gtr_jax import checkpoints, cli, trainer
+from gtr_jax.train import checkpoints, trainer
+from gtr_jax.cli import main as cli
 
 TESTS = pathlib.Path(__file__).resolve().parent
 TEXTS = hf_models.SENTENCES[:8] + ["a long passage about retrieval " * 20, "ünïcödé queries — too", "x"]
@@ -119,7 +120,7 @@ def test_sentence_transformers_export_embeds_like_gtr_jax_encode(exported, encod
     if layout != "sde":
         assert not np.allclose(queries, docs), "a swapped tower would pass unless the towers differ"
 
-    from gtr_jax.vocab import Tokenizer
+    from gtr_jax.data.vocab import Tokenizer
 
     theirs = model.tokenize(TEXTS)["input_ids"].numpy()
     ours = Tokenizer(spm_path).encode(TEXTS, DOC_LENGTH)
@@ -138,7 +139,7 @@ BLOCKED = {"flax", "gin", "seqio", "tensorflow", "orbax", "optax"}
 class Blocker(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
         if name.split(".")[0] in BLOCKED:
-            raise ImportError(f"{name} is blocked: gtr_jax.serving must not need it")
+            raise ImportError(f"{name} is blocked: gtr_jax.interop.serving must not need it")
 
 sys.meta_path.insert(0, Blocker())
 try:
@@ -149,7 +150,7 @@ else:
     sys.exit("the import blocker does not work")
 
 import numpy as np
-from gtr_jax import serving
+from gtr_jax.interop import serving
 
 texts, output, *directories = json.load(open(sys.argv[1])), *sys.argv[2:]
 results = {}

@@ -5,9 +5,9 @@ import pytest
 import tensorflow as tf
 
 from data_files import PASSAGES, tokens
-from gtr_jax import demo
-from gtr_jax.features import TokenizerVocabulary, numpy_features, output_features, tokenize
-from gtr_jax.vocab import EOS_ID, Tokenizer
+from gtr_jax.data.sources import demo
+from gtr_jax.data.features import TokenizerVocabulary, numpy_features, output_features, tokenize
+from gtr_jax.data.vocab import EOS_ID, Tokenizer
 
 TEXTS = [text for _, query, passage, _ in demo.all_pairs()[:200] for text in (query, passage)] + list(PASSAGES.values())
 

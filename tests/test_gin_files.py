@@ -7,8 +7,11 @@ import gin
 import pytest
 
 import data_files
-from gtr_jax import cli, dual_encoder, multireqa, trainer
-from gtr_jax.demo import DEMO_VOCABULARY
+from gtr_jax.cli import main as cli
+from gtr_jax.model import dual_encoder
+from gtr_jax.data.sources import multireqa
+from gtr_jax.train import trainer
+from gtr_jax.data.sources.demo import DEMO_VOCABULARY
 
 GIN_DIR = pathlib.Path(__file__).resolve().parent.parent / "gin"
 MODELS = sorted((GIN_DIR / "models").glob("*.gin"))

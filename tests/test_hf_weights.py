@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import hf_models
-from gtr_jax import hf_weights
+from gtr_jax.interop import hf_weights
 from gtr_jax.errors import UserError
 
 

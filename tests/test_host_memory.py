@@ -1,4 +1,4 @@
-"""gtr_jax.host_memory: freed host memory is reused instead of faulted back in from the OS.
+"""gtr_jax.train.host_memory: freed host memory is reused instead of faulted back in from the OS.
 
 Each case runs in a fresh interpreter: the policy must be set before JAX starts its
 threads, and this test process's JAX started long ago. A block glibc returned to the OS
@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from gtr_jax import host_memory
+from gtr_jax.train import host_memory
 
 pytestmark = pytest.mark.skipif(
     not hasattr(os, "confstr") or not os.confstr("CS_GNU_LIBC_VERSION"), reason="the policy is glibc's")
@@ -43,7 +43,7 @@ print(json.dumps({"faults": statistics.median(faults)}))
 # (numpy would ask the kernel for huge pages, which hides the page count).
 MALLOC_PROBE = """
 import ctypes, json, resource
-from gtr_jax import host_memory
+from gtr_jax.train import host_memory
 retained = host_memory.retain_freed_memory() if RETAIN else False
 libc = ctypes.CDLL(None)
 libc.malloc.restype = ctypes.c_void_p
@@ -75,14 +75,14 @@ def test_retain_freed_memory_reuses_a_freed_block(retain):
 @pytest.mark.parametrize("opt_out", ["0", "1"])
 def test_the_command_line_keeps_xla_temporaries_unless_opted_out(opt_out):
     # Importing the CLI module is what `gtr-jax` and `python -m gtr_jax` do first.
-    probe = lambda: _run("import gtr_jax.cli\n" + XLA_TEMPORARIES_PROBE, JAX_PLATFORMS="cpu",
+    probe = lambda: _run("import gtr_jax.cli.main\n" + XLA_TEMPORARIES_PROBE, JAX_PLATFORMS="cpu",
                          **{host_memory.OPT_OUT_VARIABLE: opt_out})["faults"]
     if opt_out == "1":
         assert probe() > PAGES_OF_64_MIB * 0.9
         return
     # With the policy on, some processes still fault the whole temporary back in on every
     # call: on a 2-core machine busy with other jobs, 5 of 8 processes at this commit and
-    # 1 of 4 at the one before it (whose gtr_jax.cli imports the same modules), so it is
+    # 1 of 4 at the one before it (whose gtr_jax.cli.main imports the same modules), so it is
     # not a property of a code change. The best of up to five processes is judged: with
     # the policy off, every process faults it all back in.
     faults = []

@@ -16,7 +16,8 @@ from flax.core import meta
 from flax.traverse_util import flatten_dict
 
 import hf_models
-from gtr_jax import dual_encoder, hf_weights, t5
+from gtr_jax.model import dual_encoder, t5
+from gtr_jax.interop import hf_weights
 
 D_MODEL, D_KV, HEADS, D_FF, VOCAB, BUCKETS = 64, 16, 4, 128, 512, 32
 CONFIG = t5.T5Config(vocab_size=VOCAB, d_model=D_MODEL, num_layers=2, num_heads=HEADS, d_kv=D_KV, d_ff=D_FF,

@@ -1,4 +1,4 @@
-"""gtr_jax.matmul: values and gradients against float64 numpy, and bfloat16 dots kept in bfloat16."""
+"""gtr_jax.model.matmul: values and gradients against float64 numpy, and bfloat16 dots kept in bfloat16."""
 
 import re
 
@@ -8,7 +8,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from gtr_jax import matmul
+from gtr_jax.model import matmul
 
 SHAPES = [((48, 64), (64, 96)), ((2, 3, 16, 8), (2, 3, 8, 16)), ((5, 7), (7, 3))]  # 7: last axis not split
 

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import pytrec_eval
 
-from gtr_jax import cli, metrics
+from gtr_jax.cli import main as cli
+from gtr_jax.eval import metrics
 from gtr_jax.errors import UserError
 
 CUTOFFS = (1, 3, 10, 100)

@@ -9,11 +9,12 @@ import seqio
 
 import tasks  # noqa: F401  (registers the tasks)
 from data_files import PASSAGES, QUERIES_DEV, QUERIES_TRAIN, tokens, tsv, write, write_msmarco
-from gtr_jax import data, msmarco
-from gtr_jax.demo import DEMO_VOCABULARY
+from gtr_jax.data import pipeline as data
+from gtr_jax.data.sources import msmarco
+from gtr_jax.data.sources.demo import DEMO_VOCABULARY
 from gtr_jax.errors import UserError
-from gtr_jax.examples import stable_ids
-from gtr_jax.text_files import SKIPPED
+from gtr_jax.data.examples import stable_ids
+from gtr_jax.data.text_files import SKIPPED
 
 LENGTHS = {"query": 12, "doc": 24}
 

@@ -9,10 +9,11 @@ import seqio
 
 import tasks  # noqa: F401  (registers the tasks)
 from data_files import CONTEXT_A, candidate_lines, jsonl, mrqa_lines, tokens, write, write_multireqa
-from gtr_jax import data, multireqa
-from gtr_jax.demo import DEMO_VOCABULARY
+from gtr_jax.data import pipeline as data
+from gtr_jax.data.sources import multireqa
+from gtr_jax.data.sources.demo import DEMO_VOCABULARY
 from gtr_jax.errors import UserError
-from gtr_jax.examples import stable_ids
+from gtr_jax.data.examples import stable_ids
 
 LENGTHS = {"query": 12, "doc": 16}
 ANSWERS = {

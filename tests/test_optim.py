@@ -6,7 +6,7 @@ import numpy as np
 import optax
 import pytest
 
-from gtr_jax import optim
+from gtr_jax.train import optim
 from gtr_jax.errors import UserError
 
 BASE, WARMUP, TOTAL = 1e-3, 100, 1000

@@ -29,7 +29,9 @@ import numpy as np
 import pytest
 from flax.traverse_util import flatten_dict, unflatten_dict
 
-from gtr_jax import dual_encoder, hf_weights, optim, partitioning, t5, train_step
+from gtr_jax.model import dual_encoder, t5
+from gtr_jax.interop import hf_weights
+from gtr_jax.train import optim, partitioning, train_step
 
 BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench")
 CONFIG = t5.T5Config(vocab_size=128, d_model=64, num_layers=2, num_heads=4, d_kv=16, d_ff=96, dropout_rate=0.0,

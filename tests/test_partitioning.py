@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from gtr_jax import checkpoints, dual_encoder, partitioning, t5
+from gtr_jax.train import checkpoints, partitioning
+from gtr_jax.model import dual_encoder, t5
 from gtr_jax.errors import UserError
 
 CONFIG = dual_encoder.ModelConfig(t5.T5Config(vocab_size=64, d_model=16, num_layers=2, num_heads=2, d_kv=8, d_ff=24),

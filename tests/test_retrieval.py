@@ -4,7 +4,8 @@ import jax
 import numpy as np
 import pytest
 
-from gtr_jax import partitioning, retrieval
+from gtr_jax.train import partitioning
+from gtr_jax.eval import retrieval
 
 
 def brute_force(queries, corpus, k):

@@ -1,4 +1,4 @@
-"""`gtr_jax.serving` pieces that need no exported model; serving itself is tested end to end in test_export.py."""
+"""`gtr_jax.interop.serving` pieces that need no exported model; serving itself is tested end to end in test_export.py."""
 
 import subprocess
 import sys
@@ -8,8 +8,8 @@ import pytest
 import sentencepiece
 
 import hf_models
-from gtr_jax import serving
-from gtr_jax.vocab import Tokenizer, pad_batch
+from gtr_jax.interop import serving
+from gtr_jax.data.vocab import Tokenizer, pad_batch
 
 ODD_TEXTS = ["", " ", "x", "  double  spaces\tand\ttabs\n", "ﬁ ligature Ⅻ full－width", "ünïcödé — too",
              "a long passage about retrieval " * 20, "</s> <pad> <unk> look like control pieces"]
@@ -48,7 +48,7 @@ def test_a_directory_that_is_not_an_export_is_named(tmp_path):
 
 
 def test_importing_serving_pulls_in_no_training_stack():
-    code = ("import sys, gtr_jax.serving; "
+    code = ("import sys, gtr_jax.interop.serving; "
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'flax', 'gin', 'seqio', 'tensorflow', 'orbax', 'optax'}))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"

@@ -10,7 +10,8 @@ from flax.core import meta
 from transformers.models.t5.modeling_t5 import T5Attention
 
 import hf_models
-from gtr_jax import dual_encoder, hf_weights, t5
+from gtr_jax.model import dual_encoder, t5
+from gtr_jax.interop import hf_weights
 
 CASES = {
     "gated-gelu": dict(feed_forward="gated-gelu"),

@@ -3,7 +3,7 @@
 import pytest
 
 from gtr_jax.errors import UserError
-from gtr_jax.text_files import read_texts
+from gtr_jax.data.text_files import read_texts
 
 
 def write(tmp_path, name, content: bytes | str):

@@ -7,7 +7,8 @@ import optax
 import pytest
 from flax.core import meta
 
-from gtr_jax import dual_encoder, partitioning, t5, train_step
+from gtr_jax.model import dual_encoder, t5
+from gtr_jax.train import partitioning, train_step
 
 CONFIG = t5.T5Config(vocab_size=50, d_model=16, num_layers=2, num_heads=2, d_kv=8, d_ff=24, dropout_rate=0.0)
 BATCH = 16

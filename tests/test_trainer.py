@@ -14,7 +14,8 @@ import jax
 import numpy as np
 import pytest
 
-from gtr_jax import checkpoints, cli, trainer
+from gtr_jax.train import checkpoints, trainer
+from gtr_jax.cli import main as cli
 
 TESTS = pathlib.Path(__file__).resolve().parent
 TRAIN_GIN = str(TESTS / "tiny_train.gin")

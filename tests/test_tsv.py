@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from data_files import write
-from gtr_jax import tsv
+from gtr_jax.data import tsv
 from gtr_jax.errors import UserError
-from gtr_jax.text_files import BadLines
+from gtr_jax.data.text_files import BadLines
 
 
 def read(tmp_path, content, fields=("pid", "passage"), int_fields=("pid",), policy="error", **kwargs):

@@ -17,9 +17,9 @@ import gin
 import numpy as np
 
 from gtr_jax.errors import UserError
-from gtr_jax.examples import Column, EvalSet, Pairs, TableTexts, cached, file_stamp
-from gtr_jax.text_files import BadLines
-from gtr_jax.tsv import IdIndex, TsvTable, read_tsv
+from gtr_jax.data.examples import Column, EvalSet, Pairs, TableTexts, cached, file_stamp
+from gtr_jax.data.text_files import BadLines
+from gtr_jax.data.tsv import IdIndex, TsvTable, read_tsv
 
 QRELS_FIELDS = ("qid", "iteration", "pid", "relevance")
 

@@ -16,8 +16,8 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from gtr_jax import vocab
-from gtr_jax.examples import stable_ids
+from gtr_jax.data import vocab
+from gtr_jax.data.examples import stable_ids
 
 DEFAULT_FEATURE_LENGTHS = {"query": 64, "doc": 256}
 MODEL_NAMES = {

@@ -2,7 +2,7 @@
 
 Query: the first sentence of a function's, class's or method's docstring. Passage: its
 qualified name and signature, then the rest of the docstring. Pairs come from the
-installed Python (gtr_jax/stdlib_docs.py walks it in a separate interpreter), need no
+installed Python (gtr_jax/data/sources/stdlib_docs.py walks it in a separate interpreter), need no
 download and no data directory, and are deduplicated: a summary shared by several
 objects is ambiguous as a query and is left out. Each pair's split follows from a hash
 of its summary, so it is the same on every run and does not move when another Python
@@ -16,8 +16,8 @@ import os
 import subprocess
 import sys
 
-from gtr_jax import stdlib_docs
-from gtr_jax.examples import EvalSet, Pairs, positive_pairs
+from gtr_jax.data.sources import stdlib_docs
+from gtr_jax.data.examples import EvalSet, Pairs, positive_pairs
 
 DEMO_VOCABULARY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "demo_spm.model")
 MIN_SUMMARY, MIN_REST = 15, 20

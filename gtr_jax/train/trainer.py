@@ -25,7 +25,8 @@ from etils import epath
 from flax.core import meta
 from jax.experimental import multihost_utils
 
-from gtr_jax import checkpoints, dual_encoder, optim, partitioning, train_step
+from gtr_jax.train import checkpoints, optim, partitioning, train_step
+from gtr_jax.model import dual_encoder
 from gtr_jax.errors import UserError
 
 log = logging.getLogger(__name__)

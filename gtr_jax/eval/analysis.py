@@ -18,10 +18,10 @@ import os
 
 import numpy as np
 
-from gtr_jax import evaluation, retrieval
-from gtr_jax.encoding import load_text_encoder
+from gtr_jax.eval import evaluation, retrieval
+from gtr_jax.eval.encoding import load_text_encoder
 from gtr_jax.errors import UserError
-from gtr_jax.examples import EvalSet
+from gtr_jax.data.examples import EvalSet
 
 FIGURES = ("top1_cosine", "pair_similarity", "tsne")
 TOWER_COLOURS = {"query": "tab:blue", "passage": "tab:orange"}
@@ -152,7 +152,7 @@ def analyze(model_dirs: list[str], labels: list[str], task: str, output_dir: str
 def _analyze_command(args):
     """Diagnostics of one or two checkpoints; gin flags, if any, set data directories."""
     if args.gin_file or args.gin_bindings:
-        from gtr_jax import cli
+        from gtr_jax.cli import main as cli
 
         cli.parse_gin(args.gin_file, args.gin_bindings, args.gin_search_paths)
     labels = args.label or [os.path.basename(os.path.normpath(d)) for d in args.model_dir]

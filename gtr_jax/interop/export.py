@@ -13,7 +13,7 @@ sentence-transformers (`SentenceTransformer(DIR)` loads it with no code of ours)
 
 jax: `jax.export`-serialized functions, one per tower, with a symbolic batch size and the
 tower's fixed max length, lowered for cpu, cuda and tpu; the parameters as safetensors; the
-SentencePiece model. `gtr_jax.serving` loads it with jax, numpy and sentencepiece only.
+SentencePiece model. `gtr_jax.interop.serving` loads it with jax, numpy and sentencepiece only.
 
 Both write a README.md model card and go through `checkpoints.atomic_directory`.
 
@@ -54,8 +54,8 @@ def export_command(args):
     import jax
     import numpy as np
 
-    from gtr_jax import checkpoints
-    from gtr_jax.vocab import Tokenizer, model_dir_vocabulary
+    from gtr_jax.train import checkpoints
+    from gtr_jax.data.vocab import Tokenizer, model_dir_vocabulary
 
     platforms = tuple(p.strip() for p in args.platforms.split(",") if p.strip())
     unknown = set(platforms) - set(PLATFORMS)
@@ -96,7 +96,7 @@ def _write_transformer(directory: str, model_config, encoder: dict, vocab_path: 
     import safetensors.numpy
     import sentencepiece
 
-    from gtr_jax import hf_weights, serving
+    from gtr_jax.interop import hf_weights, serving
 
     os.makedirs(directory, exist_ok=True)
     config = model_config.encoder
@@ -134,7 +134,7 @@ def _write_dense(directory: str, kernel):
     import numpy as np
     import safetensors.numpy
 
-    from gtr_jax import hf_weights
+    from gtr_jax.interop import hf_weights
 
     os.makedirs(directory, exist_ok=True)
     _write_json(os.path.join(directory, "config.json"), {
@@ -196,12 +196,13 @@ def write_sentence_transformers(output_dir: str, model_config, params: dict, voc
 
 
 def write_jax(output_dir: str, model_config, params: dict, vocab_path: str, platforms=PLATFORMS):
-    """Write per-tower `jax.export` functions, the params and the vocabulary for `gtr_jax.serving`."""
+    """Write per-tower `jax.export` functions, the params and the vocabulary for `gtr_jax.interop.serving`."""
     import jax
     import jax.numpy as jnp
     import safetensors.numpy
 
-    from gtr_jax import dual_encoder, serving
+    from gtr_jax.model import dual_encoder
+    from gtr_jax.interop import serving
 
     model = model_config.build()
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
@@ -300,7 +301,7 @@ def model_card(model_dir: str, model_config, step: int, export_format: str) -> s
              f"- Max length (tokens, EOS included): queries {model_config.query_max_length}, "
              f"documents {model_config.doc_max_length}.", "", "## Usage", "", "```python"]
     if export_format == "jax":
-        lines += ["from gtr_jax import serving", "", "model = serving.load(DIR)",
+        lines += ["from gtr_jax.interop import serving", "", "model = serving.load(DIR)",
                   "queries = model.encode(query_texts, tower='query')", "docs = model.encode(doc_texts, tower='doc')",
                   "scores = queries @ docs.T"]
     elif model_config.tower == "sde":

@@ -21,7 +21,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 from flax.core import meta
 
-from gtr_jax import dual_encoder, t5
+from gtr_jax.model import dual_encoder, t5
 from gtr_jax.errors import UserError
 
 MODEL_CONFIG = "model_config.json"

@@ -14,7 +14,7 @@ import dataclasses
 import numpy as np
 
 from gtr_jax.errors import UserError, at_line
-from gtr_jax.text_files import BadLines, read_bytes
+from gtr_jax.data.text_files import BadLines, read_bytes
 
 CHUNK_BYTES = 1 << 26
 MAX_DIGITS = 18  # int64 holds any 18-digit number

@@ -22,8 +22,8 @@ import bm25s
 import numpy as np
 import Stemmer
 
-from gtr_jax.evaluation import trec_order
-from gtr_jax.examples import take
+from gtr_jax.eval.evaluation import trec_order
+from gtr_jax.data.examples import take
 
 METHOD = "lucene"
 K1 = 1.5

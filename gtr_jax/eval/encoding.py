@@ -21,10 +21,11 @@ import numpy as np
 import tqdm
 from jax.experimental import multihost_utils
 
-from gtr_jax import checkpoints, dual_encoder, partitioning
+from gtr_jax.train import checkpoints, partitioning
+from gtr_jax.model import dual_encoder
 from gtr_jax.errors import UserError
-from gtr_jax.examples import take
-from gtr_jax.vocab import Tokenizer, model_dir_vocabulary, pad_batch
+from gtr_jax.data.examples import take
+from gtr_jax.data.vocab import Tokenizer, model_dir_vocabulary, pad_batch
 
 MIN_BUCKET = 16
 SHARD_FILE = "embeddings-{:05d}.npy"

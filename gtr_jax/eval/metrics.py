@@ -24,7 +24,7 @@ import numpy as np
 from etils import epath
 
 from gtr_jax.errors import UserError, at_line
-from gtr_jax.text_files import read_bytes
+from gtr_jax.data.text_files import read_bytes
 
 DEFAULT_MEASURES = (
     "recip_rank", "mrr_10", "P_1", "P_10", "recall_1", "recall_10", "recall_100", "recall_1000",

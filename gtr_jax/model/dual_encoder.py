@@ -16,7 +16,7 @@ import flax.linen as nn
 import gin
 import jax.numpy as jnp
 
-from gtr_jax import t5
+from gtr_jax.model import t5
 
 Tower = Literal["sde", "ade", "ade_spl"]
 TOWERS = ("sde", "ade", "ade_spl")

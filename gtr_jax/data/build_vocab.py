@@ -1,11 +1,11 @@
 """Build the demo SentencePiece model from the demo task's training texts, reproducibly.
 
-    python -m gtr_jax.build_vocab [--output gtr_jax/assets/demo_spm.model]
+    python -m gtr_jax.data.build_vocab [--output gtr_jax/data/sources/assets/demo_spm.model]
 
 A unigram model with T5's special ids (pad 0, EOS 1, unk 2, no BOS), trained on one
 thread with a pinned seed on a fixed list of texts, so the same Python gives the same
 bytes. The demo texts come from the installed standard library: the committed
-gtr_jax/assets/demo_spm.model was built on Python 3.11.7. Tests and the demo use the
+gtr_jax/data/sources/assets/demo_spm.model was built on Python 3.11.7. Tests and the demo use the
 committed file; nothing downloads T5's vocabulary.
 """
 
@@ -14,7 +14,7 @@ import io
 
 import sentencepiece
 
-from gtr_jax import demo
+from gtr_jax.data.sources import demo
 
 VOCAB_SIZE = 4000
 SEED = 20240917

@@ -13,24 +13,26 @@ import sys
 # do not need it, and anyone who does can set the variable themselves.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from gtr_jax import host_memory  # imports no JAX
+from gtr_jax.train import host_memory  # imports no JAX
 
 # Before anything imports JAX: XLA's CPU runtime would otherwise fault its step buffers
 # back in from the kernel on every step (see host_memory).
 host_memory.retain_freed_memory_if_jax_runs_on_cpu()
 
 from gtr_jax.errors import UserError
-from gtr_jax.analysis import add_analyze_parser
-from gtr_jax.evaluation import add_evaluate_parser
-from gtr_jax.export import add_export_parser
-from gtr_jax.metrics import add_metrics_parser
+from gtr_jax.eval.analysis import add_analyze_parser
+from gtr_jax.eval.evaluation import add_evaluate_parser
+from gtr_jax.interop.export import add_export_parser
+from gtr_jax.eval.metrics import add_metrics_parser
 
 
 def _import_command(args):
     """Convert HF / sentence-transformers weights into a model directory to start training from."""
     import numpy as np
 
-    from gtr_jax import checkpoints, dual_encoder, hf_weights, t5
+    from gtr_jax.train import checkpoints
+    from gtr_jax.model import dual_encoder, t5
+    from gtr_jax.interop import hf_weights
 
     source = os.path.abspath(args.source)
     if not os.path.isdir(source):
@@ -69,7 +71,8 @@ def _encode_command(args):
     """Embed a JSONL/TSV file of texts with one tower; write float32 [n, embed_dim] .npy."""
     import numpy as np
 
-    from gtr_jax import encoding, text_files
+    from gtr_jax.eval import encoding
+    from gtr_jax.data import text_files
 
     if not args.output.endswith(".npy"):
         raise UserError(f"{args.output}: the output must be a .npy file")
@@ -88,7 +91,7 @@ def _encode_command(args):
 
 # Macros whose values are paths or names: a bare value is taken as a string.
 STRING_MACROS = ("MODEL_DIR", "INIT_CHECKPOINT", "MIXTURE_OR_TASK_NAME", "VOCABULARY")
-GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gin")
+GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "gin")
 
 
 def _gin_binding(name: str, value: str) -> str:
@@ -103,7 +106,10 @@ def parse_gin(gin_files, gin_bindings, search_paths):
     import gin
 
     # Importing registers every configurable a gin file may name.
-    from gtr_jax import dual_encoder, losses, optim, partitioning, t5, trainer, vocab  # noqa: F401
+    from gtr_jax.model import dual_encoder, t5  # noqa: F401
+    from gtr_jax import losses  # noqa: F401
+    from gtr_jax.train import optim, partitioning, trainer  # noqa: F401
+    from gtr_jax.data import vocab  # noqa: F401
 
     for path in [GIN_DIR, *search_paths]:
         gin.add_config_file_search_path(path)
@@ -147,7 +153,7 @@ def _initialize_distributed(args):
 
 def _train_command(args):
     """Train (or resume) the gin-configured run."""
-    from gtr_jax import trainer
+    from gtr_jax.train import trainer
 
     _initialize_distributed(args)
     parse_gin(args.gin_file, args.gin_bindings, args.gin_search_paths)

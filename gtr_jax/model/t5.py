@@ -14,7 +14,7 @@ relative position bias as `relpos_bias_initializer` says. t5x's T5.1.1 draws the
 standard deviations, except for the relative position bias.
 
 Parameters are float32. `dtype` is the compute dtype of the matmuls (bfloat16 on TPU, and
-on CPUs with AMX or AVX-512 BF16), which accumulate in float32 (`gtr_jax.matmul`). All
+on CPUs with AMX or AVX-512 BF16), which accumulate in float32 (`gtr_jax.model.matmul`). All
 elementwise math stays in float32: the residual stream, norms, the attention softmax, the
 feed-forward activation, dropout and the caller's pooling. Matmuls whose results feed it
 return float32; only the operands of matmuls are rounded to `dtype`.
@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gtr_jax import matmul
+from gtr_jax.model import matmul
 
 FeedForward = Literal["gated-gelu", "relu"]
 RelposBiasInit = Literal["hf", "t5x"]

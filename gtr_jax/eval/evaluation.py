@@ -1,13 +1,13 @@
 """Corpus-level retrieval evaluation: `gtr-jax evaluate` and the trainer's periodic evaluator.
 
-For each evaluation task (data.load_eval_set) the queries are embedded with the query
+For each evaluation task (pipeline.load_eval_set) the queries are embedded with the query
 tower and the whole corpus with the document tower, the top k documents of each query
 are found by exact search (retrieval.search), and the run is scored with trec_eval's
 definitions (metrics.py). The corpus is put in descending document-id order before it is
 embedded, so that search's tie rule (lower row first) is trec_eval's (higher id first):
 the top k is the first k of the ranking trec_eval would make of the full corpus, and the
 written run file scores identically with `gtr-jax metrics`. `evaluate_bm25` (`gtr-jax
-evaluate --ranker=bm25`) ranks the same tasks with BM25 instead (gtr_jax.bm25, whose index
+evaluate --ranker=bm25`) ranks the same tasks with BM25 instead (gtr_jax.eval.bm25, whose index
 keeps the same tie order) and reports and writes them the same way.
 
 Protocols (the headline measures, `headline_measures`): MS MARCO dev MRR@10 (mrr_10);
@@ -25,11 +25,13 @@ import jax
 import numpy as np
 from etils import epath
 
-from gtr_jax import checkpoints, dual_encoder, metrics, partitioning, retrieval
-from gtr_jax.encoding import TextEncoder
+from gtr_jax.train import checkpoints, partitioning
+from gtr_jax.model import dual_encoder
+from gtr_jax.eval import metrics, retrieval
+from gtr_jax.eval.encoding import TextEncoder
 from gtr_jax.errors import UserError
-from gtr_jax.examples import EvalSet, take
-from gtr_jax.vocab import model_dir_vocabulary, shared_tokenizer
+from gtr_jax.data.examples import EvalSet, take
+from gtr_jax.data.vocab import model_dir_vocabulary, shared_tokenizer
 
 PROTOCOLS = {"msmarco": ("mrr_10",), "multireqa": ("P_1", "recip_rank"), "beir": ("ndcg_cut_10",)}
 OTHER_HEADLINES = ("P_1", "mrr_10", "ndcg_cut_10", "recall_100")  # e.g. demo_test
@@ -116,21 +118,21 @@ def _task_names(spec) -> list[str]:
 
 def vocabulary_path(task: str, vocabulary: str | None = None, model_dir: str | None = None) -> str:
     """The explicit vocabulary, else the model directory's own, else the one the task tokenizes with."""
-    from gtr_jax import data  # imports TensorFlow (seqio)
+    from gtr_jax.data import pipeline  # imports TensorFlow (seqio)
 
     if vocabulary:
         return vocabulary
     if model_dir and epath.Path(model_dir_vocabulary(model_dir)).exists():
         return model_dir_vocabulary(model_dir)
-    return data.task_vocabulary_path(task)
+    return pipeline.task_vocabulary_path(task)
 
 
 def load_task(task: str, max_queries: int | None = None) -> EvalSet:
     """A registered evaluation task's eval set, cut to `max_queries` (see subset_queries)."""
     import tasks  # noqa: F401  (registers every task; imports TensorFlow, so not at start-up)
-    from gtr_jax import data
+    from gtr_jax.data import pipeline
 
-    return subset_queries(data.load_eval_set(task), max_queries)
+    return subset_queries(pipeline.load_eval_set(task), max_queries)
 
 
 def _score(task: str, label: str, eval_set: EvalSet, ranking: Ranking, measures) -> dict:
@@ -224,13 +226,13 @@ def evaluate_bm25(
     max_queries: int | None = None,
     progress: bool = True,
 ) -> dict:
-    """Rank `tasks` with BM25 (gtr_jax.bm25) instead of a model; return {task: {measure: mean}}.
+    """Rank `tasks` with BM25 (gtr_jax.eval.bm25) instead of a model; return {task: {measure: mean}}.
 
     Writes OUTPUT_DIR/metrics.json, with "ranker": "bm25" and the BM25 settings, and
     OUTPUT_DIR/<task>.run, as `evaluate` does (BM25 has no step to log TensorBoard scalars at).
     """
     # bm25s runs a JAX op when imported, which a multi-process run must not do before jax.distributed starts.
-    from gtr_jax import bm25
+    from gtr_jax.eval import bm25
 
     rankings, results = {}, {}
     for task in _task_names(tasks):
@@ -300,7 +302,7 @@ class RetrievalEvaluation:
 
 def _evaluate_command(args):
     """Evaluate the gin-configured checkpoint (or BM25) on the gin-configured tasks."""
-    from gtr_jax import cli
+    from gtr_jax.cli import main as cli
 
     bindings, run = args.gin_bindings, evaluate
     if args.ranker == "bm25":

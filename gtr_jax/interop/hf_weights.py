@@ -18,7 +18,7 @@ import numpy as np
 import safetensors
 from flax.core import meta
 
-from gtr_jax import t5
+from gtr_jax.model import t5
 from gtr_jax.errors import UserError
 
 SUPPORTED_MODEL_TYPES = ("t5", "mt5")

@@ -11,8 +11,8 @@ import os
 import gin
 
 from gtr_jax.errors import UserError
-from gtr_jax.examples import EvalSet, cached, file_stamp
-from gtr_jax.text_files import BadLines, decoded_lines, json_objects
+from gtr_jax.data.examples import EvalSet, cached, file_stamp
+from gtr_jax.data.text_files import BadLines, decoded_lines, json_objects
 
 QRELS_HEADER = "query-id\tcorpus-id\tscore"
 

@@ -1,6 +1,6 @@
 """Strings to embeddings with a `gtr-jax export --format=jax` directory: jax, numpy and sentencepiece only.
 
-    from gtr_jax import serving
+    from gtr_jax.interop import serving
     model = serving.load("exported/")
     queries = model.encode(["what is the capital of france"], tower="query")   # float32 [1, embed_dim]
     docs = model.encode(["Paris is the capital of France."], tower="doc")
@@ -30,7 +30,7 @@ PARAMS_FILE = "params.safetensors"
 VOCABULARY_FILE = "spiece.model"
 FORMAT_VERSION = 1
 TOWERS = ("query", "doc")
-# T5's conventions, also what gtr_jax.vocab checks a vocabulary against.
+# T5's conventions, also what gtr_jax.data.vocab checks a vocabulary against.
 PAD_ID, EOS_ID = 0, 1
 
 
@@ -61,7 +61,7 @@ def unflatten_params(flat: dict[str, np.ndarray]) -> dict:
 def tokenize(processor: sentencepiece.SentencePieceProcessor, texts: list[str], length: int) -> np.ndarray:
     """int32 [len(texts), length]: SentencePiece ids truncated to length - 1, EOS, then padding.
 
-    The same ids as `gtr_jax.vocab.Tokenizer.encode`, which training and `gtr-jax encode` use;
+    The same ids as `gtr_jax.data.vocab.Tokenizer.encode`, which training and `gtr-jax encode` use;
     that module imports gin, so the few lines are repeated here.
     """
     tokens = np.full((len(texts), length), PAD_ID, np.int32)

@@ -20,8 +20,8 @@ import os
 import gin
 
 from gtr_jax.errors import UserError
-from gtr_jax.examples import EvalSet, Pairs, cached, file_stamp, positive_pairs
-from gtr_jax.text_files import BadLines, json_objects
+from gtr_jax.data.examples import EvalSet, Pairs, cached, file_stamp, positive_pairs
+from gtr_jax.data.text_files import BadLines, json_objects
 
 TRAIN = ("SearchQA", "TriviaQA", "HotpotQA", "NaturalQuestions", "SQuAD")
 TEST_ONLY = ("BioASQ", "RelationExtraction", "TextbookQA")

@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from gtr_jax.tsv import TsvTable
+from gtr_jax.data.tsv import TsvTable
 
 ID_MASK = 0x7FFFFFFF
 

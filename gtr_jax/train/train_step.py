@@ -20,7 +20,7 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
 from gtr_jax import losses
-from gtr_jax.partitioning import DATA
+from gtr_jax.train.partitioning import DATA
 
 FEATURES = ("query_tokens", "doc_tokens", "negative_tokens")
 # Batch feature -> contrastive_loss argument, for duplicate masking.

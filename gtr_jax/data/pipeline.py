@@ -29,9 +29,9 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from gtr_jax import features
+from gtr_jax.data import features
 from gtr_jax.errors import UserError
-from gtr_jax.examples import EvalSet, Pairs, stable_ids
+from gtr_jax.data.examples import EvalSet, Pairs, stable_ids
 
 STEPS_PER_BLOCK = 1024  # a mixture's per-step task counts are drawn this many steps at a time
 

@@ -1,6 +1,6 @@
 """Print (qualified name, signature, summary, rest) of the standard library's docstrings as JSON.
 
-Run in a fresh, isolated interpreter (`python -I -S stdlib_docs.py`) by gtr_jax.demo:
+Run in a fresh, isolated interpreter (`python -I -S stdlib_docs.py`) by gtr_jax.data.sources.demo:
 importing ~600 modules has side effects the caller must not inherit, and without
 site-packages nothing but the standard library can change what is found. Standard
 library only, on purpose.

@@ -1,0 +1,3 @@
+"""Training: the optimizer (optim), the jitted step (train_step), the loop that drives it
+(trainer), how arrays are laid out on the device mesh (partitioning), checkpoints, and the
+host allocator policy the CLI applies before JAX starts (host_memory)."""
