@@ -1,9 +1,9 @@
 """Tests for gtr_jax.losses against references written outside it.
 
-* `reference_loss` spells out every formula of DESIGN.md as float64 Python loops over single
-  dot products, with duplicate masking written from its definition (a known positive is a doc whose
-  id some batch row pairs with the anchor's query id); the vectorized loss runs under x64 and must
-  agree to 1e-6.
+* `reference_loss` spells out every formula of gtr_jax/losses/contrastive.py's module docstring as float64
+  Python loops over single dot products, with duplicate masking written from its definition (a
+  known positive is a doc whose id some batch row pairs with the anchor's query id); the
+  vectorized loss runs under x64 and must agree to 1e-6.
 * sentence-transformers' MultipleNegativesRankingLoss is the outside reference for the plain
   in-batch loss and for query-side SamToNe, with and without hard negatives.
 * The sharded loss is compared with the single-device one on 8 virtual devices.
@@ -407,8 +407,8 @@ def test_gin_binds_loss_options():
     q, d = unit(rng, 3, 6).astype(np.float32), unit(rng, 3, 6).astype(np.float32)
     explicit, _ = losses.contrastive_loss(q, d, temperature=0.05, same_tower="query")
     try:
-        gin.parse_config("contrastive_loss.same_tower = 'query'\ncontrastive_loss.temperature = 0.05")
-        configured, _ = losses.contrastive_loss(q, d)
+        gin.parse_config("LossConfig.same_tower = 'query'")
+        configured, _ = losses.contrastive_loss(q, d, temperature=0.05, **losses.LossConfig().options())
     finally:
         gin.clear_config()
     np.testing.assert_allclose(float(configured), float(explicit), rtol=1e-6)

@@ -36,6 +36,9 @@ stays in its denominator. This removes the e^{1/τ} terms that duplicated querie
 otherwise contribute (the paper's §6), and extra positives of a query (the same query on two rows,
 or the same passage under another row's hard negatives) are no longer pushed away.
 
+The options (same_tower, bidirectional, bidirectional_reduce, pair_alpha, mask_duplicates) are
+the fields of ``LossConfig``, which gin files bind and which checks them before training starts.
+
 Across devices, ``sharded_contrastive_loss`` runs the same code under ``jax.shard_map``: each
 device gathers the global embeddings over the ``data`` axis but keeps only its own b_local rows of
 logits (b_local × |P| instead of B × |P|); loss sums are psum-med and divided by B, so the value and
@@ -43,24 +46,19 @@ the gradients (all_gather transposes to a reduce-scatter) equal the single-devic
 """
 
 import functools
+from typing import Callable, NamedTuple
 
 import gin
 import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
-SAME_TOWER_CHOICES = (None, "query", "doc", "both")
+from gtr_jax.losses.config import check_options
+from gtr_jax.train.partitioning import DATA
 
 # Array-valued arguments of `contrastive_loss` that are split over the batch axis under shard_map.
-_BATCH_ARGS = (
-    "hard_neg_emb",
-    "query_ids",
-    "doc_ids",
-    "hard_neg_ids",
-    "query_tokens",
-    "doc_tokens",
-    "hard_neg_tokens",
-)
+_BATCH_ARGS = ("hard_neg_emb", "query_ids", "doc_ids", "hard_neg_ids", "query_tokens", "doc_tokens",
+               "hard_neg_tokens")
 
 
 @gin.configurable
@@ -131,7 +129,141 @@ def _hard_neg_keys(hard_neg_ids, hard_neg_tokens, doc_kind):
     return jnp.asarray(key).reshape(b * k, -1)
 
 
-@gin.configurable
+class _Batch(NamedTuple):
+    """This device's rows and the global batch they belong to (everything, on one device)."""
+
+    q: jax.Array  # [b, D] this device's queries
+    d: jax.Array  # [b, D] their positives
+    q_all: jax.Array  # [B, D] every query of the batch
+    pool: jax.Array  # [|P|, D] the doc pool: every positive, then every hard negative
+    rows: jax.Array  # [b] global batch index of each local row
+    size: int  # B, the global batch size
+    gather: Callable  # all_gather over the batch axis, tiled (identity on one device)
+    total: Callable  # psum over the batch axis (identity on one device)
+
+    def mean(self, x):
+        """Σ over the global batch of the per-row values x, divided by B."""
+        return self.total(jnp.sum(x)) / self.size
+
+
+class _Items(NamedTuple):
+    """Canonical item index (first batch row with the same identity) of every row."""
+
+    q: jax.Array  # [b] of this device's queries
+    q_all: jax.Array  # [B] of every query
+    d: jax.Array  # [b] of this device's positives
+    d_all: jax.Array  # [B] of every positive
+    pool: jax.Array  # [|P|] of the pool; B for hard negatives that match no positive
+
+
+class _Masks(NamedTuple):
+    """Which entries of each similarity block are negatives (never the row's own positive)."""
+
+    qd: jax.Array  # [b, |P|] docs that are not known positives of q_i
+    qq: jax.Array  # [b, B] queries with another identity than q_i
+    pp: jax.Array  # [b, |P|] docs with another identity than p_i
+    pq: jax.Array  # [b, B] queries that no row pairs with p_i's identity
+    own_pool: jax.Array  # [b, |P|] the own positive p_i
+    own_q: jax.Array  # [b, B] the own query q_i
+
+
+class _Similarities(NamedTuple):
+    """Dot products of this device's rows (not divided by τ)."""
+
+    qd: jax.Array  # [b, |P|] s(q_i, x) over the pool
+    pos: jax.Array  # [b] s(q_i, p_i)
+    pq: jax.Array  # [b, B] s(p_i, q_j)
+    pos_pq: jax.Array  # [b] s(p_i, q_i), from the p→q block
+
+
+def _sim(x, y):
+    """[n, m] dot products of the rows of x and y."""
+    # HIGHEST: TPU's default bf16 passes would lose the precision the 1/τ scale amplifies.
+    return jnp.einsum("id,jd->ij", x, y, precision=jax.lax.Precision.HIGHEST)
+
+
+def _gather_batch(q, d, h, axis_name):
+    """The collectives: all_gather the queries, positives and hard negatives over `axis_name`."""
+    if axis_name is None:
+        gather, total = (lambda x: x), (lambda x: x)
+        offset = 0
+    else:
+        gather = functools.partial(jax.lax.all_gather, axis_name=axis_name, tiled=True)
+        total = functools.partial(jax.lax.psum, axis_name=axis_name)
+        offset = jax.lax.axis_index(axis_name) * q.shape[0]
+    q_all, d_all = gather(q), gather(d)
+    pool = d_all if h is None else jnp.concatenate([d_all, gather(h).reshape(-1, d.shape[1])])
+    return _Batch(q, d, q_all, pool, offset + jnp.arange(q.shape[0]), q_all.shape[0], gather, total)
+
+
+def _canonical_items(batch, identity, *, hard_negs, mask_duplicates):
+    """Each row's item: the first batch row with the same id (or token row) as it.
+
+    `identity` holds contrastive_loss's six id/token arguments. Without ids or tokens (or with
+    masking off) a row's item is the row itself, which turns every mask into "not self".
+    """
+    q_key, _ = _keys(identity["query_ids"], identity["query_tokens"])
+    d_key, d_kind = _keys(identity["doc_ids"], identity["doc_tokens"])
+    h_key = _hard_neg_keys(identity["hard_neg_ids"], identity["hard_neg_tokens"], d_kind) if hard_negs else None
+    if not mask_duplicates:
+        q_key = d_key = h_key = None
+    B = batch.size
+
+    def canonical(key):
+        if key is None:
+            return batch.rows, jnp.arange(B)
+        local = _first_match(key, batch.gather(key), B)
+        return local, batch.gather(local)
+
+    qc, qc_all = canonical(q_key)
+    dc, dc_all = canonical(d_key)
+    pool_c = dc_all
+    if hard_negs:
+        n_hard = batch.pool.shape[0] - B
+        hc_all = (
+            jnp.full((n_hard,), B) if h_key is None else batch.gather(_first_match(h_key, batch.gather(d_key), B))
+        )
+        pool_c = jnp.concatenate([dc_all, hc_all])
+    return _Items(qc, qc_all, dc, dc_all, pool_c)
+
+
+def _masks(batch, items):
+    """The negatives of each anchor, from the canonical items ("Duplicates" in the module docstring)."""
+    B = batch.size
+    own_pool = jnp.arange(batch.pool.shape[0])[None, :] == batch.rows[:, None]
+    own_q = jnp.arange(B)[None, :] == batch.rows[:, None]
+    return _Masks(
+        qd=~_known_positive(items.q, items.q_all, items.d_all, B)[:, items.pool] & ~own_pool,
+        qq=items.q[:, None] != items.q_all[None, :],
+        pp=items.pool[None, :] != items.d[:, None],
+        pq=~_known_positive(items.d, items.d_all, items.q_all, B)[:, items.q_all] & ~own_q,
+        own_pool=own_pool,
+        own_q=own_q,
+    )
+
+
+def _query_term(batch, s_qd, pos, masks, tau, same_tower):
+    """L_q: q→p over the pool, plus the SamToNe q→q block for same_tower 'query' / 'both'."""
+    blocks = [(s_qd / tau, masks.qd | masks.own_pool)]
+    if same_tower in ("query", "both"):
+        blocks.append((_sim(batch.q, batch.q_all) / tau, masks.qq))
+    return batch.mean(_logsumexp(blocks) - pos / tau)
+
+
+def _pair_term(batch, pos, masks, tau, s_pp):
+    """L_P of PAIR: the positive against the anchor passage's own negatives in the pool."""
+    pos_block = ((pos / tau)[:, None], jnp.ones((batch.q.shape[0], 1), bool))
+    return batch.mean(_logsumexp([pos_block, (s_pp, masks.pp)]) - pos / tau)
+
+
+def _doc_term(batch, sims, masks, tau, same_tower, s_pp):
+    """L_p: p→q over the queries, plus the SamToNe p→pool block for same_tower 'doc' / 'both'."""
+    blocks = [(sims.pq / tau, masks.pq | masks.own_q)]
+    if same_tower in ("doc", "both"):
+        blocks.append((s_pp, masks.pp))
+    return batch.mean(_logsumexp(blocks) - sims.pos_pq / tau)
+
+
 def contrastive_loss(
     query_emb,
     doc_emb,
@@ -157,19 +289,15 @@ def contrastive_loss(
       query_emb: [B, D] query embeddings (L2-normalized for cosine similarity).
       doc_emb: [B, D] embeddings of each query's positive passage.
       temperature: τ, a float or a traced scalar (see `temperature_from_log`).
-      same_tower: None, 'query', 'doc' or 'both': which SamToNe same-tower terms to add.
-        'doc' and 'both' act on the p→q direction and need `bidirectional=True`.
-      bidirectional: add the p→q loss to the q→p loss.
-      bidirectional_reduce: 'sum' (t5x_retrieval's scale) or 'mean' of the two directions.
-      pair_alpha: α of the PAIR loss; None disables it.
+      same_tower, bidirectional, bidirectional_reduce, pair_alpha, mask_duplicates: the loss
+        options, documented on `LossConfig` (pass `**LossConfig(...).options()`); a bad one raises
+        `LossOptionError`, a ValueError.
       hard_neg_emb: optional [B, K, D] hard negatives (K per query), added to every query's pool.
       query_ids, doc_ids: optional [B] int ids; equal ids mean the same query / passage.
       hard_neg_ids: optional [B, K] ids of the hard negatives, in the same id space as doc_ids.
       query_tokens, doc_tokens, hard_neg_tokens: [B, L] / [B, K, L] token ids, used for identity
         (identical rows are the same item) where the corresponding ids are not given. Comparing
         tokens costs O(b_local·B·L); prefer ids from the data pipeline for large batches.
-      mask_duplicates: drop negatives that are the same item as, or a known positive of, the anchor.
-        Without ids or tokens there is nothing to mask.
       axis_name: set when called inside shard_map/pmap with the batch split over this axis: the
         inputs are then this device's rows, and negatives come from the whole axis.
 
@@ -180,116 +308,47 @@ def contrastive_loss(
       queries of the hardest valid negative's similarity in the pool (`sim_hardest_neg`), and
       `qq_qp_ratio` = mean_{i≠j} s(q_i,q_j) / mean_{i≠j} s(q_i,p_j), the paper's §4.2 statistic.
     """
-    if same_tower not in SAME_TOWER_CHOICES:
-        raise ValueError(f"same_tower must be one of {SAME_TOWER_CHOICES}, got {same_tower!r}")
-    if same_tower in ("doc", "both") and not bidirectional:
-        raise ValueError(f"same_tower={same_tower!r} adds to the p→q loss: set bidirectional=True")
-    if bidirectional_reduce not in ("sum", "mean"):
-        raise ValueError(f"bidirectional_reduce must be 'sum' or 'mean', got {bidirectional_reduce!r}")
-
+    check_options(same_tower, bidirectional, bidirectional_reduce, pair_alpha, mask_duplicates)
     # float32 at least: at τ = 0.01 a bfloat16 similarity error of 4e-3 moves a logit by 0.4.
     dtype = jnp.promote_types(jnp.asarray(query_emb).dtype, jnp.float32)
     q, d = jnp.asarray(query_emb, dtype), jnp.asarray(doc_emb, dtype)
     h = None if hard_neg_emb is None else jnp.asarray(hard_neg_emb, dtype)
     tau = jnp.asarray(temperature, dtype)
 
-    if axis_name is None:
-        gather, total = (lambda x: x), (lambda x: x)
-        offset = 0
-    else:
-        gather = functools.partial(jax.lax.all_gather, axis_name=axis_name, tiled=True)
-        total = functools.partial(jax.lax.psum, axis_name=axis_name)
-        offset = jax.lax.axis_index(axis_name) * q.shape[0]
-
-    b = q.shape[0]
-    q_all, d_all = gather(q), gather(d)
-    B = q_all.shape[0]
-    rows = offset + jnp.arange(b)
-    pool = d_all if h is None else jnp.concatenate([d_all, gather(h).reshape(-1, d.shape[1])])
-
-    # Canonical item index of every row: the first batch row with the same id. Without ids (or
-    # with masking off) that is the row itself, which turns every mask below into "not self".
-    q_key, _ = _keys(query_ids, query_tokens)
-    d_key, d_kind = _keys(doc_ids, doc_tokens)
-    h_key = None if h is None else _hard_neg_keys(hard_neg_ids, hard_neg_tokens, d_kind)
-    if not mask_duplicates:
-        q_key = d_key = h_key = None
-
-    def canonical(key):
-        if key is None:
-            return rows, jnp.arange(B)
-        local = _first_match(key, gather(key), B)
-        return local, gather(local)
-
-    qc, qc_all = canonical(q_key)
-    dc, dc_all = canonical(d_key)
-    pool_c = dc_all
-    if h is not None:
-        n_hard = pool.shape[0] - B
-        hc_all = (
-            jnp.full((n_hard,), B) if h_key is None else gather(_first_match(h_key, gather(d_key), B))
-        )
-        pool_c = jnp.concatenate([dc_all, hc_all])
-
-    def sim(x, y):
-        # HIGHEST: TPU's default bf16 passes would lose the precision the 1/τ scale amplifies.
-        return jnp.einsum("id,jd->ij", x, y, precision=jax.lax.Precision.HIGHEST)
-
-    def mean(x):
-        return total(jnp.sum(x)) / B
-
-    own_pool = jnp.arange(pool.shape[0])[None, :] == rows[:, None]
-    own_q = jnp.arange(B)[None, :] == rows[:, None]
-
-    # q→p over the pool, plus the same-tower q→q term.
-    s_qd = sim(q, pool)
-    pos = jnp.take_along_axis(s_qd, rows[:, None], axis=1)[:, 0]
-    neg_qd = ~_known_positive(qc, qc_all, dc_all, B)[:, pool_c]
-    blocks = [(s_qd / tau, neg_qd | own_pool)]
-    if same_tower in ("query", "both"):
-        blocks.append((sim(q, q_all) / tau, qc[:, None] != qc_all[None, :]))
-    loss_q = mean(_logsumexp(blocks) - pos / tau)
+    batch = _gather_batch(q, d, h, axis_name)
+    identity = dict(query_ids=query_ids, doc_ids=doc_ids, hard_neg_ids=hard_neg_ids, query_tokens=query_tokens,
+                    doc_tokens=doc_tokens, hard_neg_tokens=hard_neg_tokens)
+    items = _canonical_items(batch, identity, hard_negs=h is not None, mask_duplicates=mask_duplicates)
+    masks = _masks(batch, items)
+    # This order fixes the order in which autodiff sums each input's gradient contributions.
+    s_qd = _sim(q, batch.pool)
+    pos = jnp.take_along_axis(s_qd, batch.rows[:, None], axis=1)[:, 0]
+    loss = loss_q = _query_term(batch, s_qd, pos, masks, tau, same_tower)
     metrics = {"loss_q2p": loss_q}
-
-    # Same-tower doc negatives: the pool without the anchor passage and its duplicates.
+    # Same-tower doc similarities, shared by PAIR and doc-side SamToNe.
     needs_pp = pair_alpha is not None or same_tower in ("doc", "both")
-    s_pp = sim(d, pool) / tau if needs_pp else None
-    neg_pp = pool_c[None, :] != dc[:, None]
-
-    loss = loss_q
+    s_pp = _sim(d, batch.pool) / tau if needs_pp else None
     if pair_alpha is not None:
-        pos_block = ((pos / tau)[:, None], jnp.ones((b, 1), bool))
-        loss_pair = mean(_logsumexp([pos_block, (s_pp, neg_pp)]) - pos / tau)
-        metrics["loss_pair"] = loss_pair
+        metrics["loss_pair"] = loss_pair = _pair_term(batch, pos, masks, tau, s_pp)
         loss = (1.0 - pair_alpha) * loss_q + pair_alpha * loss_pair
-
-    # p→q: p_i ranks the queries; the queries paired with p_i's id are its positives.
-    s_pq = sim(d, q_all)
-    valid_pq = ~_known_positive(dc, dc_all, qc_all, B)[:, qc_all] | own_q
-    pos_pq = jnp.take_along_axis(s_pq, rows[:, None], axis=1)[:, 0]
+    s_pq = _sim(d, batch.q_all)
+    sims = _Similarities(s_qd, pos, s_pq, jnp.take_along_axis(s_pq, batch.rows[:, None], axis=1)[:, 0])
     if bidirectional:
-        blocks = [(s_pq / tau, valid_pq)]
-        if same_tower in ("doc", "both"):
-            blocks.append((s_pp, neg_pp))
-        loss_p = mean(_logsumexp(blocks) - pos_pq / tau)
-        metrics["loss_p2q"] = loss_p
+        metrics["loss_p2q"] = loss_p = _doc_term(batch, sims, masks, tau, same_tower, s_pp)
         loss = loss + loss_p if bidirectional_reduce == "sum" else (loss + loss_p) / 2
-
-    metrics.update(
-        _similarity_metrics(q, d, s_qd, pos, neg_qd & ~own_pool, s_pq, pos_pq, valid_pq & ~own_q,
-                            total, B)
-    )
+    metrics.update(_similarity_metrics(batch, sims, masks))
     metrics["temperature"] = tau
     metrics["loss"] = loss
     return loss, metrics
 
 
-def _similarity_metrics(q, d, s_qd, pos, neg_qd, s_pq, pos_pq, neg_pq, total, B):
-    """Accuracy and similarity statistics; global means via `total` (psum or identity)."""
-    q, d, s_qd, pos, s_pq, pos_pq = jax.lax.stop_gradient((q, d, s_qd, pos, s_pq, pos_pq))
-    hardest = jnp.max(jnp.where(neg_qd, s_qd, -jnp.inf), axis=1, initial=-jnp.inf)
-    hardest_pq = jnp.max(jnp.where(neg_pq, s_pq, -jnp.inf), axis=1, initial=-jnp.inf)
-    has_neg = neg_qd.any(axis=1)
+def _similarity_metrics(batch, sims, masks):
+    """Accuracy and similarity statistics over the global batch; no gradient flows through them."""
+    q, d, s_qd, pos, s_pq, pos_pq = jax.lax.stop_gradient((batch.q, batch.d, *sims))
+    total, B = batch.total, batch.size
+    hardest = jnp.max(jnp.where(masks.qd, s_qd, -jnp.inf), axis=1, initial=-jnp.inf)
+    hardest_pq = jnp.max(jnp.where(masks.pq, s_pq, -jnp.inf), axis=1, initial=-jnp.inf)
+    has_neg = masks.qd.any(axis=1)
     # Off-diagonal means in closed form: Σ_{i≠j} x_i·y_j = (Σx)·(Σy) − Σ_i x_i·y_i, O(B·D).
     sum_q, sum_d = total(q.sum(axis=0)), total(d.sum(axis=0))
     qq_off = jnp.dot(sum_q, sum_q) - total(jnp.sum(q * q))
@@ -304,7 +363,7 @@ def _similarity_metrics(q, d, s_qd, pos, neg_qd, s_pq, pos_pq, neg_pq, total, B)
     }
 
 
-def sharded_contrastive_loss(mesh, query_emb, doc_emb, *, temperature, axis_name="data", **kwargs):
+def sharded_contrastive_loss(mesh, query_emb, doc_emb, *, temperature, axis_name=DATA, **kwargs):
     """`contrastive_loss` over the global batch, with the batch split over `axis_name` of `mesh`.
 
     Each device gathers the embeddings of the whole batch (all_gather over `axis_name`) and
@@ -315,8 +374,9 @@ def sharded_contrastive_loss(mesh, query_emb, doc_emb, *, temperature, axis_name
 
     Args:
       mesh: a `jax.sharding.Mesh` with an axis named `axis_name`.
-      query_emb, doc_emb, temperature, **kwargs: as for `contrastive_loss` (global arrays).
-      axis_name: the mesh axis the batch is split over.
+      query_emb, doc_emb, temperature, **kwargs: as for `contrastive_loss` (global arrays); the
+        loss options typically come as `**LossConfig(...).options()`.
+      axis_name: the mesh axis the batch is split over (the trainer's mesh calls it `DATA`).
 
     Returns:
       (loss, metrics), replicated on every device.
