@@ -45,7 +45,6 @@ from gtr_jax.train import host_memory  # noqa: E402
 # it or not themselves. GTR_JAX_KEEP_DEFAULT_MALLOC=1 measures gtr_jax with glibc's defaults.
 HOST_MEMORY_RETAINED = host_memory.retain_freed_memory_if_jax_runs_on_cpu()
 
-import gin  # noqa: E402
 import jax  # noqa: E402
 import jax.extend.core  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -54,12 +53,12 @@ import optax  # noqa: E402
 from flax.core import meta  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
 
-import gtr_jax.losses  # noqa: E402,F401  (registers contrastive_loss with gin)
+from gtr_jax import losses  # noqa: E402
 from gtr_jax.model import dual_encoder, t5  # noqa: E402
 from gtr_jax.train import partitioning, train_step  # noqa: E402
 
 # SamToNe on the query side, as in the peer's directions=("query_to_doc", "query_to_query").
-gin.bind_parameter("contrastive_loss.same_tower", "query")
+LOSS = losses.LossConfig(same_tower="query")
 
 BATCH, QUERY_LENGTH, DOC_LENGTH, EMBED = 32, 64, 128, 768
 SMALL = t5.T5Config(vocab_size=32128, d_model=512, num_layers=8, num_heads=6, d_kv=64, d_ff=1024, dropout_rate=0.1)
@@ -140,7 +139,8 @@ def jax_step(batch_size: int, chunk: int | None):
     tokens = jnp.ones((1, 2), jnp.int32)
     params = jax.jit(lambda k: meta.unbox(model.init(k, tokens, tokens)["params"]))(jax.random.key(0))
     state = train_step.TrainState(jnp.zeros((), jnp.int32), params, {}, tx.init((params, {})))
-    update = train_step.make_update(model, tx, mesh, temperature=0.01, dropout_seed=0, grad_cache_chunk_size=chunk)
+    update = train_step.make_update(model, tx, mesh, loss=LOSS, temperature=0.01, dropout_seed=0,
+                                    grad_cache_chunk_size=chunk)
     # Inputs and outputs on the same mesh sharding, so that the second step does not recompile.
     replicated = NamedSharding(mesh, PartitionSpec())
     step = jax.jit(update, donate_argnums=0, out_shardings=replicated)

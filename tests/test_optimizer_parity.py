@@ -23,12 +23,12 @@ documented choices, which this file tests too:
 import importlib.util
 import os
 
-import gin
 import jax
 import numpy as np
 import pytest
 from flax.traverse_util import flatten_dict, unflatten_dict
 
+from gtr_jax import losses
 from gtr_jax.model import dual_encoder, t5
 from gtr_jax.interop import hf_weights
 from gtr_jax.train import optim, partitioning, train_step
@@ -92,17 +92,14 @@ def gtr_jax_run(initial, batches, **adafactor_options):
     params = jax.tree.map(np.asarray, unflatten_dict(initial))
     state = train_step.TrainState(np.zeros((), np.int32), params, {}, tx.init((params, {})))
     mesh = partitioning.make_mesh((1, 1), num_devices=1)
-    # The loss's options come from gin (as in a run with gin/losses/samtone_query.gin).
-    gin.parse_config("contrastive_loss.same_tower = 'query'")
-    try:
-        update = jax.jit(train_step.make_update(model, tx, mesh, temperature=TEMPERATURE, dropout_seed=0))
-        step_losses = []
-        with jax.set_mesh(mesh):
-            for batch in batches:
-                state, metrics = update(state, batch)
-                step_losses.append(float(metrics["loss"]))
-    finally:
-        gin.clear_config()
+    # The loss of a run with gin/losses/samtone_query.gin.
+    update = jax.jit(train_step.make_update(model, tx, mesh, loss=losses.LossConfig(same_tower="query"),
+                                            temperature=TEMPERATURE, dropout_seed=0))
+    step_losses = []
+    with jax.set_mesh(mesh):
+        for batch in batches:
+            state, metrics = update(state, batch)
+            step_losses.append(float(metrics["loss"]))
     return {k: np.asarray(v) for k, v in flatten_dict(jax.device_get(state.params)).items()}, step_losses
 
 

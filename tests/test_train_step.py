@@ -7,6 +7,7 @@ import optax
 import pytest
 from flax.core import meta
 
+from gtr_jax import losses
 from gtr_jax.model import dual_encoder, t5
 from gtr_jax.train import partitioning, train_step
 
@@ -57,3 +58,26 @@ def test_chunk_size_must_divide_the_per_shard_batch():
     params = meta.unbox(model.init(jax.random.key(0), batch["query_tokens"], batch["doc_tokens"]))["params"]
     with pytest.raises(ValueError, match="grad_cache_chunk_size 3 must divide the per-shard batch 16"):
         gradients(model, params, batch, partitioning.make_mesh((1, 1), num_devices=1), 3)
+
+
+@pytest.mark.parametrize("options", [dict(same_tower="both", bidirectional=True), dict(pair_alpha=0.3)],
+                         ids=["samtone-both", "pair"])
+def test_the_step_uses_the_loss_config(options):
+    model = dual_encoder.DualEncoder(CONFIG, "ade_spl", 8)
+    batch = make_batch(negatives=True)
+    params = meta.unbox(model.init(jax.random.key(0), batch["query_tokens"], batch["doc_tokens"]))["params"]
+    # Reference: contrastive_loss on one device, options spelled out, on the step's own embeddings (no dropout).
+    embeddings = model.apply({"params": params}, batch["query_tokens"], batch["doc_tokens"], batch["negative_tokens"])
+    query_emb, doc_emb, negative_emb = embeddings
+    reference, _ = losses.contrastive_loss(query_emb, doc_emb, temperature=0.05, hard_neg_emb=negative_emb, **options)
+    default, _ = losses.contrastive_loss(query_emb, doc_emb, temperature=0.05, hard_neg_emb=negative_emb)
+    assert abs(float(reference) - float(default)) > 1e-3  # the options change the loss
+
+    mesh = partitioning.make_mesh((4, 2), num_devices=8)
+    tx = optax.sgd(0.0)
+    state = train_step.TrainState(jnp.zeros((), jnp.int32), params, {}, tx.init((params, {})))
+    update = jax.jit(train_step.make_update(model, tx, mesh, loss=losses.LossConfig(**options), temperature=0.05,
+                                            dropout_seed=0))
+    with jax.set_mesh(mesh):
+        _, metrics = update(state, jax.device_put(batch, partitioning.batch_sharding(mesh)))
+    assert float(metrics["loss"]) == pytest.approx(float(reference), abs=1e-5)

@@ -185,3 +185,31 @@ def test_gin_mistakes_are_one_line(tmp_path, capsys):
     assert "BATCH_SIZE 12 must be divisible" in error(f"--gin_file={TRAIN_GIN}", f"--gin_search_paths={TESTS}",
                                                        f"--gin.MODEL_DIR={tmp_path}", "--gin.TRAIN_STEPS=1",
                                                        "--gin.train.batch_size=12")
+
+
+def test_a_bad_loss_option_is_one_line_before_anything_is_built(tmp_path, capsys):
+    # gin builds LossConfig when it calls train, so the mistake stops the run before initialization.
+    gin.clear_config()
+    try:
+        status = cli.main(["train", f"--gin_file={TRAIN_GIN}", f"--gin_search_paths={TESTS}",
+                           f"--gin.MODEL_DIR={tmp_path / 'model'}", "--gin.TRAIN_STEPS=1",
+                           "--gin.LossConfig.pair_alpha=2"])
+    finally:
+        gin.clear_config()
+    err = capsys.readouterr().err
+    assert status == 1
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1 and "pair_alpha" in err, err
+    assert not (tmp_path / "model").exists()
+
+
+def test_writes_the_full_and_the_operative_gin_config(tmp_path):
+    # τ is fixed, so temperature_from_log is bound but never called: only the full config has it.
+    train(tmp_path, 2, "temperature_from_log.max_temperature = 0.5")
+    full = (tmp_path / "config.gin").read_text()
+    operative = (tmp_path / "operative_config.gin").read_text()
+    assert "temperature_from_log.max_temperature = 0.5" in full
+    assert "temperature_from_log" not in operative
+    for used in ("LossConfig.same_tower = 'query'", "train.batch_size = 16"):
+        assert used in full and used in operative, (used, operative)
+    # The operative config also records the defaults the run used, which no file bound.
+    assert "synthetic_pairs.num_pairs = 64" in operative and "synthetic_pairs.num_pairs" not in full

@@ -1,4 +1,4 @@
-"""Train state and the jitted update: the dual encoder, the contrastive loss, Adafactor.
+"""Train state and the jitted update: the dual encoder, the contrastive loss, the optimizer.
 
 Two ways to get the gradient of the contrastive loss over the global batch:
   plain      encode the whole batch with gradients (activation memory ∝ batch);
@@ -12,6 +12,7 @@ query's negative pool to its microbatch, which changes the loss.
 import functools
 from typing import Any
 
+import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
@@ -20,6 +21,7 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
 from gtr_jax import losses
+from gtr_jax.train import partitioning
 from gtr_jax.train.partitioning import DATA
 
 FEATURES = ("query_tokens", "doc_tokens", "negative_tokens")
@@ -77,23 +79,30 @@ def _loss_inputs(batch):
     return {arg: batch[feature] for feature, arg in ID_FEATURES.items() if feature in batch}
 
 
-def make_update(model, tx: optax.GradientTransformation, mesh, *, temperature: float, dropout_seed: int,
-                grad_cache_chunk_size: int | None = None):
+def make_update(model, tx: optax.GradientTransformation, mesh, *, loss: losses.LossConfig | None = None,
+                temperature: float, dropout_seed: int, grad_cache_chunk_size: int | None = None,
+                logical_axis_rules=None):
     """`update(state, batch) -> (state, metrics)`, one optimizer step, to be jitted by the caller.
 
-    `grad_cache_chunk_size` is the number of examples *per data shard* in each GradCache
-    chunk; None encodes the whole batch at once.
+    `loss` gives the contrastive loss's options (None: `contrastive_loss`'s defaults, the
+    in-batch softmax). `grad_cache_chunk_size` is the number of examples *per data shard*
+    in each GradCache chunk; None encodes the whole batch at once. `logical_axis_rules`
+    (None: `partitioning.standard_logical_axis_rules(fsdp=False)`) turn the model's
+    activation constraints into shardings when the caller traces under `jax.set_mesh(mesh)`.
     """
+    loss_options = {} if loss is None else loss.options()
+    rules = partitioning.standard_logical_axis_rules(fsdp=False) if logical_axis_rules is None else logical_axis_rules
 
     def encode(params, batch, rng):
-        return model.apply(
-            {"params": params},
-            batch["query_tokens"],
-            batch["doc_tokens"],
-            batch.get("negative_tokens"),
-            deterministic=False,
-            rngs={"dropout": rng},
-        )
+        with nn.logical_axis_rules(rules):
+            return model.apply(
+                {"params": params},
+                batch["query_tokens"],
+                batch["doc_tokens"],
+                batch.get("negative_tokens"),
+                deterministic=False,
+                rngs={"dropout": rng},
+            )
 
     def contrastive(embeddings, temperature_params, batch):
         query_emb, doc_emb, negative_emb = embeddings
@@ -102,8 +111,10 @@ def make_update(model, tx: optax.GradientTransformation, mesh, *, temperature: f
             query_emb,
             doc_emb,
             temperature=temperature_value(temperature_params, temperature),
+            axis_name=DATA,
             hard_neg_emb=negative_emb,
             **_loss_inputs(batch),
+            **loss_options,
         )
 
     def plain_gradients(params, temperature_params, batch, rng):

@@ -1,8 +1,9 @@
 """The training loop: mesh, state, jitted update, checkpoints, metrics, evaluation.
 
-Reads top to bottom in the order a run happens. Every argument of `train` is bound
-by gin (gin/runs/*.gin, t5x-style macros); the model, optimizer, loss, mesh and
-input pipeline are gin-configured where they are built.
+Reads top to bottom in the order a run happens. `train` is handed its parts as
+objects (model config, optimizer, mesh, loss, input pipeline, evaluators) and builds
+none of them itself: Python callers pass them in, and gin/runs/finetune.gin builds and
+binds them t5x-style (`train.model_config = @ModelConfig()`, macros for the settings).
 
 Reliability contract:
   * The data order and dropout are pure functions of (seed, step), and the state is
@@ -20,12 +21,14 @@ import time
 import gin
 import jax
 import jax.numpy as jnp
+import optax
 import tqdm
 from etils import epath
 from flax.core import meta
 from jax.experimental import multihost_utils
 
-from gtr_jax.train import checkpoints, optim, partitioning, train_step
+from gtr_jax import losses
+from gtr_jax.train import checkpoints, partitioning, train_step
 from gtr_jax.model import dual_encoder
 from gtr_jax.errors import UserError
 
@@ -42,15 +45,20 @@ def train(
     model_dir: str = gin.REQUIRED,
     train_steps: int = gin.REQUIRED,
     batch_size: int = gin.REQUIRED,
-    input_fn=None,
+    model_config: dual_encoder.ModelConfig = gin.REQUIRED,
+    optimizer: optax.GradientTransformation = gin.REQUIRED,
+    mesh: jax.sharding.Mesh = gin.REQUIRED,
+    loss: losses.LossConfig = gin.REQUIRED,
+    input_fn=gin.REQUIRED,
+    evaluators=(),
     seed: int = 0,
+    logical_axis_rules=None,
     init_checkpoint: str | None = None,
     vocabulary: str | None = None,
     checkpoint_every: int = 1000,
     keep_checkpoints: int = 3,
     log_every: int = 100,
     eval_every: int = 0,
-    evaluators=(),
     grad_cache_chunk_size: int | None = None,
     temperature: float = 0.01,
     learn_temperature: bool = False,
@@ -59,33 +67,33 @@ def train(
 ) -> train_step.TrainState | None:
     """Train a dual encoder for `train_steps` steps (resuming if MODEL_DIR has checkpoints).
 
+    The model is `model_config.build()`, updated by `optimizer` (e.g. `optim.adafactor(...)`)
+    under the contrastive loss `loss`, with the batch split over the `data` axis of `mesh`
+    (e.g. `partitioning.make_mesh(...)`) and parameters placed by `logical_axis_rules`
+    (None: `partitioning.standard_logical_axis_rules(fsdp=False)`).
     `input_fn(global_batch_size=, start_step=, shard_index=, num_shards=, seed=)` yields
     this process's numpy batches from `start_step` on. `evaluators` are factories
-    `f(model=, mesh=)` returning `evaluate(params, step) -> {name: value}`, run every
+    `f(model_config=, mesh=)` returning `evaluate(params, step) -> {name: value}`, run every
     `eval_every` steps. Returns the final state. With `dry_run`, builds everything (mesh,
     shardings, optimizer, loss, the first batch) and traces one step without
     initializing parameters or writing anything, then returns None.
     """
-    if input_fn is None:
-        raise UserError("train needs an input pipeline: bind train.input_fn in gin")
+    _check_parts(model_config=model_config, optimizer=optimizer, mesh=mesh, loss=loss)
     is_writer = jax.process_index() == 0
 
     # ---------------------------------------------------------------- mesh and model
-    mesh = partitioning.make_mesh()
-    rules = partitioning.standard_logical_axis_rules()
+    rules = partitioning.standard_logical_axis_rules(fsdp=False) if logical_axis_rules is None else logical_axis_rules
     partitioning.check_divisible(batch_size, mesh)
-    model_config = dual_encoder.ModelConfig()
     model = model_config.build()
-    tx = optim.adafactor()
 
     # ---------------------------------------------------------------- state shardings
     boxed = checkpoints.boxed_param_shapes(model_config)
     param_shardings = partitioning.param_shardings(boxed, mesh, rules)
     params_shape = meta.unbox(boxed)
     temperature_shape = jax.eval_shape(lambda: train_step.initial_temperature(learn_temperature, temperature))
-    opt_shape = jax.eval_shape(tx.init, (params_shape, temperature_shape))
+    opt_shape = jax.eval_shape(optimizer.init, (params_shape, temperature_shape))
     replicated = partitioning.replicated(mesh)
-    # Adafactor keeps O(rows + cols) statistics per matrix: replicating them is cheap.
+    # Replicated optimizer state: cheap for Adafactor's O(rows + cols) statistics per matrix.
     state_shardings = train_step.TrainState(
         step=replicated,
         params=param_shardings,
@@ -97,8 +105,8 @@ def train(
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state_shape, state_shardings
     )
 
-    update = train_step.make_update(model, tx, mesh, temperature=temperature, dropout_seed=seed,
-                                    grad_cache_chunk_size=grad_cache_chunk_size)
+    update = train_step.make_update(model, optimizer, mesh, loss=loss, temperature=temperature, dropout_seed=seed,
+                                    grad_cache_chunk_size=grad_cache_chunk_size, logical_axis_rules=rules)
     if dry_run:
         return _dry_run(update, abstract_state, input_fn, batch_size, seed, mesh, model_config)
 
@@ -107,7 +115,7 @@ def train(
     manager = checkpoints.checkpoint_manager(model_dir, max_to_keep=keep_checkpoints, enable_async_checkpointing=True)
     state = _restore_newest_good(manager, model_dir, abstract_state)
     if state is None:
-        state = _initial_state(model, tx, model_config, init_checkpoint, seed, learn_temperature, temperature,
+        state = _initial_state(model, optimizer, model_config, init_checkpoint, seed, learn_temperature, temperature,
                                state_shardings, param_shardings)
     start = int(state.step)
     if is_writer:
@@ -131,7 +139,7 @@ def train(
         out_shardings=(state_shardings, accumulator_shardings),
         donate_argnums=(0, 2),
     )
-    evaluate_fns = [factory(model=model, mesh=mesh) for factory in evaluators]
+    evaluate_fns = [factory(model_config=model_config, mesh=mesh) for factory in evaluators]
 
     # ---------------------------------------------------------------- loop
     writer = MetricsWriter(model_dir, enabled=is_writer)
@@ -143,6 +151,9 @@ def train(
             if batch is None:
                 batch = partitioning.global_batch(next(batches), mesh)
             state, accumulator = jitted_step(state, batch, accumulator)
+            if is_writer and step == start:
+                # Only now has every configurable of the run been called (tracing the step calls the last ones).
+                (epath.Path(model_dir) / "operative_config.gin").write_text(gin.operative_config_str())
             batch, done = None, step + 1
             bar.update(1)
             save = done % checkpoint_every == 0 or done == train_steps
@@ -168,6 +179,24 @@ def train(
     if is_writer:
         print(f"trained to step {int(state.step)}; checkpoints, metrics.jsonl and tensorboard/ are in {model_dir}")
     return state
+
+
+# Each part of a run: the type `train` needs, and the gin binding of gin/runs/finetune.gin that makes one.
+_PARTS = {
+    "model_config": (dual_encoder.ModelConfig, "@ModelConfig()"),
+    "optimizer": (optax.GradientTransformation, "@adafactor()"),
+    "mesh": (jax.sharding.Mesh, "@make_mesh()"),
+    "loss": (losses.LossConfig, "@LossConfig()"),
+}
+
+
+def _check_parts(**parts):
+    """One line if a part is not the object `train` needs (e.g. gin's `@LossConfig` without the call)."""
+    for name, value in parts.items():
+        kind, binding = _PARTS[name]
+        if not isinstance(value, kind):
+            raise UserError(f"train.{name} must be a {kind.__name__}, not {value!r:.100} "
+                            f"(in gin: train.{name} = {binding})")
 
 
 def _dry_run(update, abstract_state, input_fn, batch_size, seed, mesh, model_config):
@@ -234,7 +263,11 @@ def _drain(accumulator, manager, model_dir) -> dict:
 
 
 def _write_run_files(model_dir, model_config, vocabulary):
-    """model_config.json, the vocabulary and the operative gin config, for encode/export/eval."""
+    """model_config.json, the vocabulary and the full gin config (config.gin), for encode/export/eval.
+
+    The operative config (operative_config.gin: only what the run used) is written after
+    the first step, once it is known.
+    """
     directory = epath.Path(model_dir)
     checkpoints.save_model_config(model_dir, model_config)
     if vocabulary:
