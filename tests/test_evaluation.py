@@ -13,7 +13,7 @@ import pytrec_eval
 import tasks  # noqa: F401  (registers beir_scifact, read from BEIR_DIR/scifact)
 from gtr_jax.data.sources import beir
 from gtr_jax.cli import main as cli
-from gtr_jax.eval import encoding, evaluation, metrics
+from gtr_jax.eval import encoding, evaluation, metrics, retrieval
 from gtr_jax.train import trainer
 from gtr_jax.data.sources.demo import DEMO_VOCABULARY
 from retrieval_case import DUPLICATE_IDS, random_model_dir, tiny_config, write_demo_beir
@@ -154,7 +154,7 @@ def test_evaluate_with_disk_shards_writes_the_same_run(trained, evaluated, tmp_p
 
 def test_ignoring_identical_ids_keeps_k_other_documents():
     ids = np.asarray(["a", "b", "c", "d"])
-    order = evaluation.trec_order(ids)
+    order = retrieval.trec_order(ids)
     assert ids[order].tolist() == ["d", "c", "b", "a"]
     corpus = np.eye(4, dtype=np.float32)[order]
     queries = np.eye(4, dtype=np.float32)[[0, 1]]

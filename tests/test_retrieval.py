@@ -1,5 +1,6 @@
 """Sharded, chunked top-k search against a numpy brute-force ranking (ties by corpus row)."""
 
+import gin
 import jax
 import numpy as np
 import pytest
@@ -79,6 +80,18 @@ def test_default_mesh_uses_every_device():
     assert retrieval.default_mesh().devices.size == jax.device_count() == 8
     _, rows = retrieval.search(queries, corpus, 7)
     np.testing.assert_array_equal(rows, brute_force(queries, corpus, 7)[1])
+
+
+def test_default_mesh_ignores_gin_bindings_of_the_training_mesh():
+    gin.parse_config(["make_mesh.mesh_shape = (2, 1)", "make_mesh.num_devices = 2"])
+    try:
+        assert partitioning.make_mesh().devices.size == 2  # the bindings are in force
+        mesh = retrieval.default_mesh()
+    finally:
+        gin.clear_config()
+    assert mesh.axis_names == ("data",)
+    assert mesh.devices.size == 8
+    assert mesh.axis_types == (jax.sharding.AxisType.Auto,)
 
 
 def test_approximate_search_finds_most_neighbours(meshes):

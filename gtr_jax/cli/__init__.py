@@ -1,1 +1,1 @@
-"""The `gtr-jax` command line: one module per command, gin flag handling in one place."""
+"""The `gtr-jax` command line: one module per command, gin flags (gin_flags) and quiet start-up (startup)."""

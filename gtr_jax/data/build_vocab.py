@@ -1,6 +1,6 @@
 """Build the demo SentencePiece model from the demo task's training texts, reproducibly.
 
-    python -m gtr_jax.data.build_vocab [--output gtr_jax/data/sources/assets/demo_spm.model]
+    python -m gtr_jax.cli.build_vocab [--output gtr_jax/data/sources/assets/demo_spm.model]
 
 A unigram model with T5's special ids (pad 0, EOS 1, unk 2, no BOS), trained on one
 thread with a pinned seed on a fixed list of texts, so the same Python gives the same
@@ -9,12 +9,9 @@ gtr_jax/data/sources/assets/demo_spm.model was built on Python 3.11.7. Tests and
 committed file; nothing downloads T5's vocabulary.
 """
 
-import argparse
 import io
 
 import sentencepiece
-
-from gtr_jax.data.sources import demo
 
 VOCAB_SIZE = 4000
 SEED = 20240917
@@ -39,18 +36,3 @@ def build(texts: list[str], vocab_size: int = VOCAB_SIZE) -> bytes:
         minloglevel=2,
     )
     return model.getvalue()
-
-
-def main(argv=None):
-    """Write the demo vocabulary (default: the package's committed copy)."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--output", default=demo.DEMO_VOCABULARY)
-    args = parser.parse_args(argv)
-    texts = demo.texts("train")
-    with open(args.output, "wb") as f:
-        f.write(build(texts))
-    print(f"wrote a {VOCAB_SIZE}-piece SentencePiece model trained on {len(texts)} demo texts to {args.output}")
-
-
-if __name__ == "__main__":
-    main()

@@ -19,6 +19,17 @@ import tensorflow as tf
 from gtr_jax.data import vocab
 from gtr_jax.data.examples import stable_ids
 
+
+def keep_tensorflow_off_accelerators():
+    """Hide every GPU from TensorFlow, which only feeds data here: JAX owns the accelerators (as in t5x)."""
+    try:
+        tf.config.set_visible_devices([], "GPU")
+    except RuntimeError:  # TensorFlow's devices were set up already, by an earlier user in this process
+        pass
+
+
+keep_tensorflow_off_accelerators()
+
 DEFAULT_FEATURE_LENGTHS = {"query": 64, "doc": 256}
 MODEL_NAMES = {
     "query": "query_tokens",

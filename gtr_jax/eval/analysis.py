@@ -50,7 +50,7 @@ def relevant_passages(eval_set: EvalSet) -> tuple[np.ndarray, np.ndarray]:
 def diagnostics(encoder, eval_set: EvalSet, *, num_pairs: int, tsne_rows: np.ndarray, seed: int,
                 batch_size: int = 64, progress: bool = True) -> dict:
     """One checkpoint's similarity samples and t-SNE coordinates (see the module doc)."""
-    from sklearn.manifold import TSNE  # 1.5 s to import: only when analyzing, not at CLI start-up
+    from sklearn.manifold import TSNE  # slow to import: only when analyzing, not at CLI start-up
 
     config = encoder.model_config
     queries = encoder.embed(eval_set.query_texts, "query", config.max_length("query"), batch_size, progress)
@@ -131,7 +131,10 @@ def write_report(results: dict, paths: dict, output_dir: str, task: str, model_d
 def analyze(model_dirs: list[str], labels: list[str], task: str, output_dir: str, *, step: int | None = None,
             max_queries: int | None = 1000, num_pairs: int = 20000, tsne_points: int = 300, seed: int = 0,
             batch_size: int = 64, progress: bool = True) -> dict:
-    """Diagnostics of each checkpoint on `task` (a fixed query sample, the whole corpus); return {figure: path}."""
+    """Diagnostics of each checkpoint on `task` (a fixed query sample, the whole corpus); return {figure: path}.
+
+    The task must be registered (`import tasks`), as `gtr-jax analyze` does.
+    """
     if len(labels) != len(model_dirs) or len(set(labels)) != len(labels):
         raise UserError("give one distinct --label per --model_dir")
     eval_set = evaluation.load_task(task, max_queries)
@@ -147,34 +150,3 @@ def analyze(model_dirs: list[str], labels: list[str], task: str, output_dir: str
     paths = plot(results, output_dir)
     paths["report"] = write_report(results, paths, output_dir, task, dict(zip(labels, model_dirs)))
     return paths
-
-
-def _analyze_command(args):
-    """Diagnostics of one or two checkpoints; gin flags, if any, set data directories."""
-    if args.gin_file or args.gin_bindings:
-        from gtr_jax.cli import main as cli
-
-        cli.parse_gin(args.gin_file, args.gin_bindings, args.gin_search_paths)
-    labels = args.label or [os.path.basename(os.path.normpath(d)) for d in args.model_dir]
-    paths = analyze(args.model_dir, labels, args.task, args.output, step=args.step, max_queries=args.max_queries,
-                    tsne_points=args.tsne_points, seed=args.seed, batch_size=args.batch_size, progress=not args.quiet)
-    print(f"wrote {', '.join(os.path.basename(p) for p in paths.values())} to {os.path.abspath(args.output)}")
-
-
-def add_analyze_parser(commands):
-    """The `analyze` subcommand."""
-    parser = commands.add_parser("analyze", help="embedding diagnostics (paper §4) of one or two checkpoints as PNGs")
-    parser.add_argument("--model_dir", action="append", required=True, help="model directory; twice to compare")
-    parser.add_argument("--label", action="append", help="name of each model in the panels (default: folder name)")
-    parser.add_argument("--step", type=int, help="checkpoint step (default: newest)")
-    parser.add_argument("--task", required=True, help="evaluation task, e.g. demo_test, beir_scifact, msmarco_dev")
-    parser.add_argument("--output", required=True, help="directory for the PNGs and report.md")
-    parser.add_argument("--max_queries", type=int, default=1000, help="random queries to use (all if 0)")
-    parser.add_argument("--tsne_points", type=int, default=300, help="queries (and as many passages) in the t-SNE map")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch_size", type=int, default=64)
-    parser.add_argument("--gin_file", action="append", default=[], help="gin files setting data directories")
-    parser.add_argument("--gin_search_paths", action="append", default=[], help="extra directories for gin includes")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    parser.epilog = "Any --gin.NAME=VALUE adds a gin binding, e.g. --gin_file=data.gin --gin.BEIR_DIR=/data/beir."
-    parser.set_defaults(run=_analyze_command)

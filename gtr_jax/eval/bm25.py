@@ -8,7 +8,7 @@ tokens of two or more word characters (r"(?u)\\b\\w\\w+\\b"), bm25s's English st
 (stopwords="en", NLTK's list) removed, then stemmed by PyStemmer's English (Snowball) stemmer.
 Queries go through the same tokenizer; their terms absent from the corpus are dropped.
 
-Ties: the corpus is indexed in descending id order (evaluation.trec_order), and bm25s's
+Ties: the corpus is indexed in descending id order (retrieval.trec_order), and bm25s's
 top k (jax.lax.top_k, which puts the lower index first among equal scores) keeps that
 order, so equal scores rank the higher id first, as trec_eval does. Documents that share
 no term with a query score 0 and fill its top k in that order, as bm25s returns them.
@@ -22,7 +22,7 @@ import bm25s
 import numpy as np
 import Stemmer
 
-from gtr_jax.eval.evaluation import trec_order
+from gtr_jax.eval.retrieval import trec_order
 from gtr_jax.data.examples import take
 
 METHOD = "lucene"

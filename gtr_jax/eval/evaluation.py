@@ -8,7 +8,9 @@ embedded, so that search's tie rule (lower row first) is trec_eval's (higher id 
 the top k is the first k of the ranking trec_eval would make of the full corpus, and the
 written run file scores identically with `gtr-jax metrics`. `evaluate_bm25` (`gtr-jax
 evaluate --ranker=bm25`) ranks the same tasks with BM25 instead (gtr_jax.eval.bm25, whose index
-keeps the same tie order) and reports and writes them the same way.
+keeps the same tie order) and reports and writes them the same way. Task and mixture
+names are looked up in seqio's registries: the caller registers them first (`import
+tasks`, as the `gtr-jax` commands and gin/data.gin do).
 
 Protocols (the headline measures, `headline_measures`): MS MARCO dev MRR@10 (mrr_10);
 MultiReQA P@1 and MRR over each split's whole candidate pool (P_1, recip_rank: the
@@ -17,6 +19,7 @@ where, as BEIR does, a document whose id is the query's id is never retrieved.
 """
 
 import dataclasses
+import difflib
 import json
 import os
 
@@ -29,6 +32,7 @@ from gtr_jax.train import checkpoints, partitioning
 from gtr_jax.model import dual_encoder
 from gtr_jax.eval import metrics, retrieval
 from gtr_jax.eval.encoding import TextEncoder
+from gtr_jax.eval.retrieval import trec_order
 from gtr_jax.errors import UserError
 from gtr_jax.data.examples import EvalSet, take
 from gtr_jax.data.vocab import model_dir_vocabulary, shared_tokenizer
@@ -57,12 +61,6 @@ class Ranking:
     def write(self, path: str, tag: str = "gtr_jax"):
         """Write a TREC run file."""
         metrics.write_run(path, self.query_ids, self.doc_ids, self.scores, tag)
-
-
-def trec_order(doc_ids) -> np.ndarray:
-    """Corpus positions in descending id order (trec_eval's tie order)."""
-    ids = np.asarray(list(doc_ids))
-    return np.argsort(ids, kind="stable")[::-1]
 
 
 def subset_queries(eval_set: EvalSet, max_queries: int | None, seed: int = 0) -> EvalSet:
@@ -103,16 +101,22 @@ def top_ranking(query_ids, doc_ids: np.ndarray, scores: np.ndarray, top_k: int,
 
 
 def _task_names(spec) -> list[str]:
-    """Task names from a list, a comma-separated string of tasks, or a mixture name (its tasks)."""
-    if not isinstance(spec, str):
-        return list(spec)
-    import seqio  # imports TensorFlow: only when a name may be a mixture
+    """Task names from a list, a comma-separated string of tasks, or a mixture name (its tasks).
 
-    import tasks  # noqa: F401  (registers the mixtures)
+    Names are looked up in seqio's registries: the tasks must be registered (`import tasks`).
+    """
+    import seqio  # imports TensorFlow: only when evaluating
 
-    names = [name.strip() for name in spec.split(",") if name.strip()]
+    names = [name.strip() for name in spec.split(",") if name.strip()] if isinstance(spec, str) else list(spec)
     if len(names) == 1 and names[0] in seqio.MixtureRegistry.names():
         return sorted(t.name for t in seqio.get_mixture_or_task(names[0]).tasks)
+    registered = seqio.TaskRegistry.names()
+    for name in names:
+        if name not in registered:
+            close = difflib.get_close_matches(name, [*registered, *seqio.MixtureRegistry.names()], n=1)
+            hint = (f"did you mean {close[0]!r}?" if close else "see tasks/ for gtr_jax's" if registered
+                    else "no task is registered (import tasks)")
+            raise UserError(f"unknown task or mixture {name!r}: {hint}")
     return names
 
 
@@ -129,8 +133,7 @@ def vocabulary_path(task: str, vocabulary: str | None = None, model_dir: str | N
 
 def load_task(task: str, max_queries: int | None = None) -> EvalSet:
     """A registered evaluation task's eval set, cut to `max_queries` (see subset_queries)."""
-    import tasks  # noqa: F401  (registers every task; imports TensorFlow, so not at start-up)
-    from gtr_jax.data import pipeline
+    from gtr_jax.data import pipeline  # imports TensorFlow (seqio)
 
     return subset_queries(pipeline.load_eval_set(task), max_queries)
 
@@ -251,6 +254,7 @@ def evaluate_bm25(
 class RetrievalEvaluation:
     """The trainer's evaluator: corpus-level metrics of `tasks` every `train.eval_every` steps.
 
+    The trainer builds it with the run's `model_config` and `mesh` (gin binds the rest).
     Texts are tokenized once, at construction; each evaluation embeds the (sub)set's
     queries and whole corpus with the current params, searches the top `top_k` and
     returns `<task>/<measure>` for `measures` (default: each task's headline_measures),
@@ -259,15 +263,12 @@ class RetrievalEvaluation:
     (e.g. %MODEL_DIR), run files and metrics.json go to OUTPUT_DIR/eval/step_<N>/.
     """
 
-    def __init__(self, *, model, mesh, tasks=gin.REQUIRED, top_k: int = 100, measures=None,
-                 max_queries: int | None = None, batch_size: int = 64, vocabulary: str | None = None,
+    def __init__(self, *, model_config: dual_encoder.ModelConfig, mesh, tasks=gin.REQUIRED, top_k: int = 100,
+                 measures=None, max_queries: int | None = None, batch_size: int = 64, vocabulary: str | None = None,
                  output_dir: str | None = None):
-        # The trainer built `model` from this same gin-bound config; the encoder needs the config too.
-        del model
-        config = dual_encoder.ModelConfig()
-        self.encoder = TextEncoder(config, None, None, mesh)
+        self.encoder = TextEncoder(model_config, None, None, mesh)
         self.mesh, self.top_k, self.batch_size, self.output_dir = mesh, top_k, batch_size, output_dir
-        self.lengths = {tower: config.max_length(tower) for tower in ("query", "doc")}
+        self.lengths = {tower: model_config.max_length(tower) for tower in ("query", "doc")}
         self.tasks = {}
         for task in _task_names(tasks):
             eval_set = load_task(task, max_queries)
@@ -298,34 +299,3 @@ class RetrievalEvaluation:
             summary = {"step": int(step), "top_k": self.top_k, "results": results}
             _write_results(os.path.join(self.output_dir, "eval", f"step_{int(step)}"), rankings, summary)
         return out
-
-
-def _evaluate_command(args):
-    """Evaluate the gin-configured checkpoint (or BM25) on the gin-configured tasks."""
-    from gtr_jax.cli import main as cli
-
-    bindings, run = args.gin_bindings, evaluate
-    if args.ranker == "bm25":
-        # BM25 reads no checkpoint, but gin requires the gin files' MODEL_DIR to be set; a user's binding still wins.
-        bindings, run = ["MODEL_DIR = None", *bindings], evaluate_bm25
-    cli.parse_gin(args.gin_file, bindings, args.gin_search_paths)
-    try:
-        run()
-    except RuntimeError as error:
-        # gin reports an unset required binding as a RuntimeError: a user's mistake.
-        if "Required bindings" in str(error) or "REQUIRED" in str(error):
-            raise UserError(f"gin: {str(error).splitlines()[0]}") from None
-        raise
-
-
-def add_evaluate_parser(commands):
-    """The `evaluate` subcommand."""
-    parser = commands.add_parser("evaluate", help="corpus-level retrieval metrics of a checkpoint (gin-configured)")
-    parser.add_argument("--gin_file", action="append", default=[], required=True,
-                        help="gin file, e.g. gin/eval/retrieval.gin; repeatable")
-    parser.add_argument("--gin_search_paths", action="append", default=[], help="extra directories for gin includes")
-    parser.add_argument("--ranker", choices=("model", "bm25"), default="model",
-                        help="rank with the checkpoint of MODEL_DIR, or with BM25 (bm25s; no MODEL_DIR)")
-    parser.epilog = ("Any --gin.NAME=VALUE adds a gin binding, e.g. --gin.MODEL_DIR=/tmp/run "
-                     "--gin.MIXTURE_OR_TASK_NAME=beir_scifact --gin.EVAL_OUTPUT_DIR=/tmp/eval.")
-    parser.set_defaults(run=_evaluate_command)

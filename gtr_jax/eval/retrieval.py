@@ -14,7 +14,7 @@ Ties: equal scores are ordered by corpus row, lower first, exactly as the brute-
 `np.lexsort((rows, -scores))[:k]`. `jax.lax.top_k` returns the lower index first among
 equal values, and every selection and merge puts the candidates of lower rows first.
 Callers that need trec_eval's rule (ties by document id descending) put the corpus in
-descending id order.
+descending id order (`trec_order`).
 
 `approximate=True` uses `jax.lax.approx_max_k` per chunk instead: fast on TPU, where it
 may miss true neighbours (recall ≈ `recall_target`); elsewhere XLA computes it exactly.
@@ -30,6 +30,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from gtr_jax.errors import UserError
+from gtr_jax.train import partitioning
 
 # Exact top-k preselects groups of GROUP consecutive rows when a chunk has at least
 # GROUP * max(k, MIN_GROUPS) rows (see _chunk_candidates).
@@ -37,9 +38,19 @@ GROUP = 16
 MIN_GROUPS = 64
 
 
+def trec_order(doc_ids) -> np.ndarray:
+    """Corpus positions in descending id order (trec_eval's tie order)."""
+    ids = np.asarray(list(doc_ids))
+    return np.argsort(ids, kind="stable")[::-1]
+
+
 def default_mesh() -> jax.sharding.Mesh:
-    """A one-axis mesh ('data') over every device."""
-    return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    """A one-axis mesh ('data') over every device, built by `partitioning.make_mesh`.
+
+    Every argument is passed explicitly, so gin bindings of `make_mesh` (the training
+    mesh's shape) do not reach the search's default.
+    """
+    return partitioning.make_mesh(mesh_shape=(-1,), axis_names=(partitioning.DATA,), num_devices=None)
 
 
 def _chunk_candidates(scores, rows, k, approximate, recall_target):

@@ -1,4 +1,4 @@
-"""`gtr-jax export`: a trained model as a sentence-transformers directory or a jax.export artifact.
+"""A trained model as a sentence-transformers directory or a jax.export artifact (`gtr-jax export`).
 
 sentence-transformers (`SentenceTransformer(DIR)` loads it with no code of ours):
   sde           one model: T5 encoder (HF T5EncoderModel files at the root) -> 1_Pooling (mean)
@@ -18,14 +18,15 @@ SentencePiece model. `gtr_jax.interop.serving` loads it with jax, numpy and sent
 Both write a README.md model card and go through `checkpoints.atomic_directory`.
 
 jax, numpy and the gtr_jax modules that pull in flax are imported inside the functions
-that use them: the CLI imports this module to register the subcommand, and `gtr-jax
+that use them: the CLI imports this module for its FORMATS and PLATFORMS, and `gtr-jax
 --help` or any other subcommand should not pay seconds of imports for it.
 """
 
 import dataclasses
 import json
 import os
-import shutil
+
+from etils import epath
 
 from gtr_jax.errors import UserError
 
@@ -36,50 +37,38 @@ ST_TYPE = "sentence_transformers.models.{}"
 ROUTES = {"query": "query", "document": "doc"}
 
 
-def add_export_parser(commands):
-    """Register `gtr-jax export` on the CLI's subparsers."""
-    exp = commands.add_parser("export", help="a sentence-transformers directory or a jax.export artifact for serving")
-    exp.add_argument("--model_dir", required=True)
-    exp.add_argument("--step", type=int, help="checkpoint step (default: newest)")
-    exp.add_argument("--format", choices=FORMATS, required=True)
-    exp.add_argument("--output", required=True, help="directory to create")
-    exp.add_argument("--vocab", help="SentencePiece model (default: MODEL_DIR/spiece.model)")
-    exp.add_argument("--platforms", default=",".join(PLATFORMS), help="jax only: platforms to lower for, comma-separated")
-    exp.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
-    exp.set_defaults(run=export_command)
+def export_model(model_dir: str, output: str, *, export_format: str, step: int | None = None,
+                 vocab: str | None = None, platforms=PLATFORMS, overwrite: bool = False):
+    """Restore a checkpoint and write it to `output` in a serving format; return (its ModelConfig, step).
 
-
-def export_command(args):
-    """Restore a checkpoint and write it in the requested serving format."""
+    `export_format` is one of FORMATS; `platforms` (jax only) those to lower for; `vocab`
+    defaults to MODEL_DIR/spiece.model. A non-empty `output` is replaced only with `overwrite`.
+    """
     import jax
     import numpy as np
 
     from gtr_jax.train import checkpoints
     from gtr_jax.data.vocab import Tokenizer, model_dir_vocabulary
 
-    platforms = tuple(p.strip() for p in args.platforms.split(",") if p.strip())
-    unknown = set(platforms) - set(PLATFORMS)
-    if unknown or not platforms:
-        raise UserError(f"--platforms: {args.platforms!r}; choose from {', '.join(PLATFORMS)}")
-    model_config = checkpoints.load_model_config(args.model_dir)
+    model_config = checkpoints.load_model_config(model_dir)
     # Serving formats hold one tensor per layer; a scanned checkpoint is unstacked on restore.
     encoder = dataclasses.replace(model_config.encoder, scan_layers=False, remat=False)
     model_config = dataclasses.replace(model_config, encoder=encoder)
-    params, step = checkpoints.restore_params(args.model_dir, args.step, model_config=model_config)
+    params, step = checkpoints.restore_params(model_dir, step, model_config=model_config)
     params = jax.tree.map(np.asarray, params)
-    vocab_path = args.vocab or model_dir_vocabulary(args.model_dir)
+    vocab_path = vocab or model_dir_vocabulary(model_dir)
     pieces = Tokenizer(vocab_path).vocab_size
     if pieces > encoder.vocab_size:
         raise UserError(f"{vocab_path}: has {pieces} pieces, more than the model's {encoder.vocab_size} embeddings")
-    card = model_card(args.model_dir, model_config, step, args.format)
-    with checkpoints.atomic_directory(args.output, overwrite=args.overwrite) as staging:
-        if args.format == "jax":
+    card = model_card(model_dir, model_config, step, export_format)
+    with checkpoints.atomic_directory(output, overwrite=overwrite) as staging:
+        if export_format == "jax":
             write_jax(staging, model_config, params, vocab_path, platforms)
         else:
             write_sentence_transformers(staging, model_config, params, vocab_path)
         with open(os.path.join(staging, "README.md"), "w", encoding="utf-8") as f:
             f.write(card)
-    print(f"wrote {model_config.tower} model, step {step}, as {args.format} to {os.path.abspath(args.output)}")
+    return model_config, step
 
 
 # ---------------------------------------------------------------- sentence-transformers
@@ -104,8 +93,9 @@ def _write_transformer(directory: str, model_config, encoder: dict, vocab_path: 
     # transformers refuses safetensors files without a framework tag.
     safetensors.numpy.save_file(hf_weights.encoder_params_to_hf(encoder, config),
                                 os.path.join(directory, "model.safetensors"), metadata={"format": "pt"})
-    shutil.copyfile(vocab_path, os.path.join(directory, "spiece.model"))
-    processor = sentencepiece.SentencePieceProcessor(model_file=vocab_path)
+    vocabulary = os.path.join(directory, "spiece.model")
+    epath.Path(vocab_path).copy(vocabulary)
+    processor = sentencepiece.SentencePieceProcessor(model_file=vocabulary)
     _write_json(os.path.join(directory, "tokenizer_config.json"), {
         "tokenizer_class": "T5Tokenizer",
         "pad_token": processor.id_to_piece(serving.PAD_ID),
@@ -221,7 +211,7 @@ def write_jax(output_dir: str, model_config, params: dict, vocab_path: str, plat
             f.write(exported.serialize())
         towers[tower] = {"function": function, "max_length": length}
     safetensors.numpy.save_file(serving.flatten_params(params), os.path.join(output_dir, serving.PARAMS_FILE))
-    shutil.copyfile(vocab_path, os.path.join(output_dir, serving.VOCABULARY_FILE))
+    epath.Path(vocab_path).copy(os.path.join(output_dir, serving.VOCABULARY_FILE))
     _write_json(os.path.join(output_dir, serving.CONFIG_FILE), {
         "format_version": serving.FORMAT_VERSION,
         "tower": model_config.tower,
@@ -237,26 +227,24 @@ def write_jax(output_dir: str, model_config, params: dict, vocab_path: str, plat
 
 def _gin_bindings(model_dir: str) -> dict[str, str]:
     """`name = value` lines of the run's operative gin config, macros resolved; {} if none."""
-    path = os.path.join(model_dir, "config.gin")
-    if not os.path.exists(path):
+    path = epath.Path(model_dir, "config.gin")
+    if not path.exists():
         return {}
     bindings = {}
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if " = " in line and not line.startswith(("#", "import ", " ")):
-                name, value = line.rstrip("\n").split(" = ", 1)
-                bindings[name] = value
+    for line in path.read_text().splitlines():
+        if " = " in line and not line.startswith(("#", "import ", " ")):
+            name, value = line.split(" = ", 1)
+            bindings[name] = value
     return {name: bindings.get(value[1:], value) if value.startswith("%") else value for name, value in bindings.items()}
 
 
 def _metrics(model_dir: str, step: int) -> tuple[dict, dict]:
     """(training metrics logged at `step`, newest evaluation metrics up to `step`) from metrics.jsonl."""
-    path = os.path.join(model_dir, "metrics.jsonl")
+    path = epath.Path(model_dir, "metrics.jsonl")
     train, evaluation = {}, {}
-    if not os.path.exists(path):
+    if not path.exists():
         return train, evaluation
-    with open(path, encoding="utf-8") as f:
-        rows = [json.loads(line) for line in f if line.strip()]
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     for row in rows:
         if row.get("step", step + 1) > step:
             continue
@@ -269,14 +257,19 @@ def _metrics(model_dir: str, step: int) -> tuple[dict, dict]:
 
 def _loss_description(bindings: dict[str, str]) -> str:
     """One line on the contrastive loss a run was configured with (unbound arguments at their defaults)."""
-    same_tower = bindings.get("contrastive_loss.same_tower", "None").strip("'\"")
+
+    def option(name: str, default: str | None = None) -> str | None:
+        # Runs configured before LossConfig bound contrastive_loss's arguments directly.
+        return bindings.get(f"LossConfig.{name}", bindings.get(f"contrastive_loss.{name}", default))
+
+    same_tower = option("same_tower", "None").strip("'\"")
     parts = ["in-batch softmax contrastive loss (gtr_jax.losses.contrastive_loss)"]
     if same_tower != "None":
         parts.append(f"SamToNe same-tower negatives on the {same_tower} side")
-    if bindings.get("contrastive_loss.bidirectional") == "True":
+    if option("bidirectional") == "True":
         parts.append("bidirectional")
-    if bindings.get("contrastive_loss.pair_alpha", "None") != "None":
-        parts.append(f"PAIR α = {bindings['contrastive_loss.pair_alpha']}")
+    if option("pair_alpha", "None") != "None":
+        parts.append(f"PAIR α = {option('pair_alpha')}")
     temperature = bindings.get("train.temperature", "0.01")
     parts.append(f"τ = {temperature}" + (" (learnt from there)" if bindings.get("train.learn_temperature") == "True" else ""))
     return ", ".join(parts)

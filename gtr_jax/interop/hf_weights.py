@@ -1,5 +1,7 @@
 """Read T5 encoder weights from Hugging Face and sentence-transformers directories.
 
+`import_model_dir` (`gtr-jax import`) turns either into a model directory to train from.
+
 Only safetensors are read. A `pytorch_model.bin` is a pickle, and unpickling runs
 arbitrary code, so it is refused with instructions to convert it.
 
@@ -11,14 +13,15 @@ sentence-transformers `Router` layout that the export writes.
 
 import json
 import os
-import shutil
 
 import jax
 import numpy as np
 import safetensors
+from etils import epath
 from flax.core import meta
 
-from gtr_jax.model import t5
+from gtr_jax.model import dual_encoder, t5
+from gtr_jax.train import checkpoints
 from gtr_jax.errors import UserError
 
 SUPPORTED_MODEL_TYPES = ("t5", "mt5")
@@ -48,8 +51,7 @@ def hf_tensor_names(config: t5.T5Config) -> dict[tuple[str, ...], tuple[str, boo
 def t5_config_from_hf(config_path: str) -> t5.T5Config:
     """Our T5Config from an HF `config.json` of a T5 (v1.0 or v1.1) or mT5 model."""
     try:
-        with open(config_path, encoding="utf-8") as f:
-            hf = json.load(f)
+        hf = json.loads(epath.Path(config_path).read_text())
     except FileNotFoundError:
         raise UserError(f"{config_path}: not found; an HF T5 checkpoint directory needs config.json") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -122,20 +124,19 @@ def _safetensors_files(directory: str) -> list[str]:
     """The safetensors file(s) of an HF checkpoint directory, following a sharded index."""
     index = os.path.join(directory, "model.safetensors.index.json")
     single = os.path.join(directory, "model.safetensors")
-    if os.path.exists(index):
+    if epath.Path(index).exists():
         try:
-            with open(index, encoding="utf-8") as f:
-                weight_map = json.load(f)["weight_map"]
+            weight_map = json.loads(epath.Path(index).read_text())["weight_map"]
         except (json.JSONDecodeError, KeyError, UnicodeDecodeError) as e:
             raise UserError(f"{index}: not a safetensors index ({e})") from None
         files = [os.path.join(directory, name) for name in sorted(set(weight_map.values()))]
-        missing = [f for f in files if not os.path.exists(f)]
+        missing = [f for f in files if not epath.Path(f).exists()]
         if missing:
             raise UserError(f"{index}: names shard {missing[0]}, which does not exist")
         return files
-    if os.path.exists(single):
+    if epath.Path(single).exists():
         return [single]
-    if any(os.path.exists(os.path.join(directory, n)) for n in ("pytorch_model.bin", "pytorch_model.bin.index.json")):
+    if any(epath.Path(directory, n).exists() for n in ("pytorch_model.bin", "pytorch_model.bin.index.json")):
         raise UserError(
             f"{directory}: holds only pytorch_model.bin, a pickle, which gtr-jax never loads. Convert it once "
             "with transformers: T5EncoderModel.from_pretrained(SRC).save_pretrained(DST, safe_serialization=True)"
@@ -148,7 +149,8 @@ def read_safetensors(directory: str, wanted) -> dict[str, np.ndarray]:
     tensors = {}
     for path in _safetensors_files(directory):
         try:
-            # The flax framework reads bfloat16 too, which plain numpy cannot.
+            # The flax framework reads bfloat16 too, which plain numpy cannot. safe_open memory-maps,
+            # so the weights must be a local file.
             with safetensors.safe_open(path, framework="flax") as f:
                 for name in f.keys():
                     if wanted(name):
@@ -208,8 +210,7 @@ def _copy(tree):
 
 def _read_json(path: str) -> dict | list:
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
+        return json.loads(epath.Path(path).read_text())
     except FileNotFoundError:
         raise UserError(f"{path}: not found") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -314,7 +315,7 @@ def _max_seq_length(transformer_dir: str) -> int | None:
     """The Transformer module's max_seq_length: its own config (older versions) or the tokenizer's."""
     for name, key in (("sentence_bert_config.json", "max_seq_length"), ("tokenizer_config.json", "model_max_length")):
         path = os.path.join(transformer_dir, name)
-        value = _read_json(path).get(key) if os.path.exists(path) else None
+        value = _read_json(path).get(key) if epath.Path(path).exists() else None
         # HF writes a huge sentinel for "no limit".
         if isinstance(value, int) and value < 1_000_000:
             return value
@@ -324,8 +325,50 @@ def _max_seq_length(transformer_dir: str) -> int | None:
 def copy_vocabulary(source_dir: str, vocab_path: str | None, output_dir: str) -> str:
     """Copy the SentencePiece model (explicit path, else SOURCE/spiece.model) into the output dir."""
     source = vocab_path or os.path.join(source_dir, "spiece.model")
-    if not os.path.exists(source):
+    if not epath.Path(source).exists():
         raise UserError(f"{source}: no SentencePiece vocabulary; pass --vocab=FILE.model")
     target = os.path.join(output_dir, "spiece.model")
-    shutil.copyfile(source, target)
+    epath.Path(source).copy(target, overwrite=True)
     return target
+
+
+def import_model_dir(source: str, output: str, *, source_format: str, tower: str = "sde", embed_dim: int = 768,
+                     seed: int = 0, vocab: str | None = None, scan_layers: bool = False,
+                     overwrite: bool = False) -> dual_encoder.ModelConfig:
+    """Write a model directory (step 0) from an HF T5 or a sentence-transformers directory; return its config.
+
+    `source_format` "hf": the T5's encoder in every tower of `tower`, each projection to
+    `embed_dim` drawn from `seed` (GTR starts it at random), 512-token inputs (T5's
+    pre-training length). "sentence-transformers": its Dense as the projection (none: the
+    identity) and its max_seq_length (else 512); a `Router` model brings its own tower layout
+    and per-tower lengths instead of `tower`'s. `vocab` replaces SOURCE's spiece.model;
+    `scan_layers` stores the layers stacked (T5Config.scan_layers). A non-empty `output` is
+    replaced only with `overwrite`.
+    """
+    source = os.path.abspath(source)
+    if not os.path.isdir(source):
+        raise UserError(f"{source}: no such directory")
+    if source_format == "hf":
+        encoder_config = t5_config_from_hf(os.path.join(source, "config.json"))
+        encoder = encoder_params_from_hf(source, encoder_config)
+        rng = np.random.default_rng(seed)
+        projection = rng.normal(0, encoder_config.d_model**-0.5, (encoder_config.d_model, embed_dim)).astype(np.float32)
+        vocab_dir, lengths = source, {"query": 512, "doc": 512}
+        params = model_params(encoder, projection, tower)
+    elif is_router_model(source):
+        tower, encoder_config, params, lengths, vocab_dir = read_asymmetric_sentence_transformers(source)
+    else:
+        encoder_config, encoder, projection, max_length, vocab_dir = read_sentence_transformers(source)
+        lengths = {"query": max_length, "doc": max_length}
+        params = model_params(encoder, projection, tower)
+    lengths = {name: length or 512 for name, length in lengths.items()}
+    encoder_config = t5.T5Config(**{**encoder_config.to_dict(), "scan_layers": scan_layers})
+    if scan_layers:
+        params = {name: t5.stack_layers(tree, encoder_config.num_layers) if name.endswith("encoder") else tree
+                  for name, tree in params.items()}
+    embed_dim = next(tree["dense"]["kernel"].shape[1] for name, tree in params.items() if name.endswith("projection"))
+    model_config = dual_encoder.ModelConfig(encoder_config, tower, embed_dim, lengths["query"], lengths["doc"])
+    with checkpoints.atomic_directory(output, overwrite=overwrite) as staging:
+        copy_vocabulary(vocab_dir, vocab, staging)
+        checkpoints.write_model_dir(staging, model_config, params, step=0)
+    return model_config
