@@ -164,3 +164,39 @@ def test_missing_file_and_unknown_measure(tmp_path, capsys):
     assert "nope: no such file" in capsys.readouterr().err
     assert cli.main(["metrics", f"--qrels={qrels_file}", f"--run={run_file}", "--measures=ndcg@10"]) == 1
     assert "unknown measure 'ndcg@10'" in capsys.readouterr().err
+
+
+def test_scores_equal_in_float32_are_tied_as_in_trec_eval():
+    # trec_eval keeps scores as C floats: 1 + 5e-8 rounds to 1.0 there, so the tie goes to "b" (doc id descending).
+    qrels = {"q": {"a": 1}}
+    run = {"q": {"a": 1.0 + 5e-8, "b": 1.0}}
+    trec_eval = pytrec_eval.RelevanceEvaluator(qrels, {"recip_rank"}).evaluate(run)
+    assert trec_eval["q"]["recip_rank"] == 0.5
+    assert metrics.evaluate(qrels, as_run(run), ["recip_rank", "mrr_1"]) == {"num_q": 1, "recip_rank": 0.5, "mrr_1": 0.0}
+
+
+def test_long_runs_are_not_cut_at_1000():
+    run = metrics.Run.from_ranking(["q"], [[f"d{i:05d}" for i in range(1500)]], [np.arange(1500.0)[::-1]])
+    values = metrics.evaluate({"q": {"d01199": 1}}, run, ["recip_rank", "recall_1000", "recall_1500", "map"])
+    assert values == {"num_q": 1, "recip_rank": 1 / 1200, "recall_1000": 0.0, "recall_1500": 1.0, "map": 1 / 1200}
+
+
+def test_evaluated_in_chunks_and_with_numpy_relevance(monkeypatch):
+    qrels, run = random_case(7)
+    expected = reference(qrels, run, MEASURES)
+    monkeypatch.setattr(metrics, "_CHUNK_ROWS", 50)  # many pytrec_eval calls, whose results must all be kept
+    numpy_qrels = {q: {d: np.int64(r) for d, r in docs.items()} for q, docs in qrels.items()}
+    queries, values = metrics.per_query(numpy_qrels, as_run(run), MEASURES)
+    assert queries.tolist() == sorted(expected)
+    for i, q in enumerate(queries.tolist()):
+        assert {m: values[m][i] for m in MEASURES} == pytest.approx(expected[q], abs=1e-9, rel=0), q
+
+
+def test_duplicate_in_a_run_whose_queries_interleave_names_its_second_line(tmp_path):
+    run_file = tmp_path / "run.txt"
+    run_file.write_text("q1 Q0 d1 1 0.9 t\nq2 Q0 d1 1 0.9 t\nq1 Q0 d2 2 0.8 t\nq1 Q0 d1 3 0.7 t\nq1 Q0 d2 4 0.1 t\n")
+    with pytest.raises(UserError, match=r"run\.txt:4: document d1 appears twice for query q1"):
+        metrics.per_query({"q1": {"d1": 1}, "q2": {"d1": 1}}, metrics.read_run(str(run_file)))
+    ranking = metrics.Run.from_ranking(["q"], [["x", "y", "x"]], [[3.0, 2.0, 1.0]])
+    with pytest.raises(UserError, match="^document x appears twice for query q$"):
+        metrics.per_query({"q": {"x": 1}}, ranking)

@@ -1,26 +1,29 @@
-"""Ranking metrics equal to trec_eval's, computed for all queries at once with numpy.
+"""Ranking metrics computed by trec_eval's own code (pytrec_eval), and the run and qrels files they read.
 
-trec_eval is the oracle, and these are its definitions (relevant = relevance ≥ 1):
+The definitions are trec_eval's (relevant = relevance ≥ 1):
   * a query's run is ranked by score descending, ties broken by document id descending
-    (byte order of the ids); the rank column of a run file is ignored;
-  * queries are those in both the run and the qrels; a query whose judgments are all
-    below 1 counts, with every measure 0;
+    (byte order of the ids); trec_eval holds scores as single-precision floats, so scores
+    equal in float32 are tied; the rank column of a run file is ignored;
+  * queries are those in both the run and the qrels (trec_eval without -c); a query whose
+    judgments are all below 1 counts, with every measure 0;
   * recip_rank = 1 / rank of the first relevant document, without cutoff (0 if none);
-    mrr_k (not a trec_eval name) is recip_rank counted only when that rank is ≤ k;
+    mrr_k (not a trec_eval name) is recip_rank counted only when that rank is ≤ k, which
+    is recip_rank of the run cut at k;
   * P_k = relevant in the top k / k, even when fewer than k were retrieved;
   * recall_k = relevant in the top k / relevant judged (0 when none are);
   * ndcg_cut_k = DCG@k / ideal DCG@k with gain = relevance (negative as 0) and
     discount log2(rank + 1); ndcg is the uncut version;
   * map_cut_k = Σ over relevant documents in the top k of precision at their rank,
     / relevant judged; map is the uncut version.
+Measures are named as trec_eval prints them (P_10, ndcg_cut_10), mrr_k aside.
 `gtr-jax metrics --qrels=F --run=F` prints the averages over queries as one JSON object.
 """
 
 import dataclasses
-import json
 import re
 
 import numpy as np
+import pytrec_eval
 from etils import epath
 
 from gtr_jax.errors import UserError, at_line
@@ -32,6 +35,7 @@ DEFAULT_MEASURES = (
 )
 _MEASURE = re.compile(r"^(recip_rank|ndcg|map)$|^(mrr|P|recall|ndcg_cut|map_cut)_([1-9][0-9]*)$")
 BEIR_QRELS_HEADER = "query-id\tcorpus-id\tscore"
+_CHUNK_ROWS = 1 << 20  # run rows handed to pytrec_eval per call
 
 
 def parse_measure(name: str) -> tuple[str, int | None]:
@@ -138,134 +142,80 @@ def write_run(path: str, query_ids, doc_ids, scores, tag: str = "gtr_jax"):
                             for rank, (d, s) in enumerate(zip(row_ids, row_scores), start=1) if d))
 
 
-def _codes(values: np.ndarray, vocabulary: np.ndarray) -> np.ndarray:
-    """Position of each value in the sorted vocabulary (every value must be in it)."""
-    return np.searchsorted(vocabulary, values)
+def _trec_eval_request(family: str, k: int | None) -> str:
+    """The name pytrec_eval is asked for ('P.10', 'ndcg'); mrr_k is read off recip_rank."""
+    if family == "mrr":
+        return "recip_rank"
+    return family if k is None else f"{family}.{k}"
 
 
-def _within_group_position(group: np.ndarray) -> np.ndarray:
-    """0, 1, 2, ... within each run of equal values of a sorted group array."""
-    starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])
-    lengths = np.diff(np.r_[starts, len(group)])
-    return np.arange(len(group)) - np.repeat(starts, lengths)
+def _query_rows(query_ids: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
+    """(row order or None when already grouped, start of each query's rows in that order).
+
+    Runs are nearly always written query by query, so the sort is only paid when they are not.
+    """
+    def starts(ids):
+        return np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+
+    first = starts(query_ids)
+    if len(set(query_ids[first].tolist())) == len(first):
+        return None, first
+    order = np.argsort(query_ids, kind="stable")  # stable: each query's rows stay in file order
+    return order, starts(query_ids[order])
 
 
-def per_query(qrels: dict[str, dict[str, int]], run: Run, measures=DEFAULT_MEASURES) -> tuple[np.ndarray, dict]:
-    """(query ids, {measure: float64 [num_queries]}) for the queries both in the run and the qrels."""
-    parsed = {m: parse_measure(m) for m in measures}
-    if not qrels:
-        raise UserError("the qrels hold no judgments")
-    judged_q = np.asarray([q for q, docs in qrels.items() for _ in docs])
-    judged_d = np.asarray([d for docs in qrels.values() for d in docs])
-    judged_rel = np.asarray([r for docs in qrels.values() for r in docs.values()], np.int64)
-    queries = np.intersect1d(run.query_ids, judged_q)
-    if not len(queries):
-        raise UserError(f"{run.path or 'the run'}: none of its queries has judgments in the qrels")
-    in_run = np.isin(run.query_ids, queries)
-    in_qrels = np.isin(judged_q, queries)
-    documents = np.unique(np.concatenate([run.doc_ids[in_run], judged_d[in_qrels]]))
-    n_docs = len(documents)
-
-    # Run rows ranked as trec_eval does: query, then score descending, then doc id descending.
-    r_query = _codes(run.query_ids[in_run], queries)
-    r_doc = _codes(run.doc_ids[in_run], documents)
-    r_score = run.scores[in_run]
-    order = np.lexsort((-r_doc, -r_score, r_query))
-    r_query, r_doc = r_query[order], r_doc[order]
-    r_key = r_query.astype(np.int64) * n_docs + r_doc
-    duplicate = np.flatnonzero(np.r_[False, r_key[1:] == r_key[:-1]])
-    if len(duplicate):
-        raise _duplicate_error(run, np.flatnonzero(in_run)[order], duplicate[0])
-    rank = _within_group_position(r_query)
-
-    # Judgments, looked up by (query, doc) key.
-    j_query = _codes(judged_q[in_qrels], queries)
-    j_key = j_query.astype(np.int64) * n_docs + _codes(judged_d[in_qrels], documents)
-    j_rel = judged_rel[in_qrels]
-    by_key = np.argsort(j_key)
-    at = np.minimum(np.searchsorted(j_key, r_key, sorter=by_key), len(j_key) - 1)
-    found = j_key[by_key[at]] == r_key
-    rel = np.where(found, j_rel[by_key[at]], 0)
-    relevant = rel >= 1
-    gain = np.maximum(rel, 0).astype(np.float64)
-    n_q = len(queries)
-    num_rel = np.bincount(j_query, weights=j_rel >= 1, minlength=n_q)
-
-    first = np.full(n_q, np.inf)
-    with_relevant, first_row = np.unique(r_query[relevant], return_index=True)
-    first[with_relevant] = rank[relevant][first_row]
-    # Relevant documents at or above each row of the same query: for average precision.
-    cumulative = np.cumsum(relevant)
-    query_start = np.searchsorted(r_query, r_query)
-    relevant_so_far = cumulative - np.where(query_start > 0, cumulative[query_start - 1], 0)
-    # The ideal ranking: each query's judged gains, largest first.
-    j_gain = np.maximum(j_rel, 0).astype(np.float64)
-    ideal = np.lexsort((-j_gain, j_query))
-    ideal_query, ideal_gain = j_query[ideal], j_gain[ideal]
-    ideal_rank = _within_group_position(ideal_query)
-
-    def total(weights, rows=r_query):
-        return np.bincount(rows, weights=weights, minlength=n_q)
-
-    def ratio(numerator, denominator):
-        return np.divide(numerator, denominator, out=np.zeros(n_q), where=denominator > 0)
-
-    results = {}
-    for name, (family, k) in parsed.items():
-        cut = rank < k if k else np.ones(len(rank), bool)
-        if family == "recip_rank":
-            results[name] = np.where(np.isfinite(first), 1.0 / (first + 1), 0.0)
-        elif family == "mrr":
-            results[name] = np.where(first < k, 1.0 / (first + 1), 0.0)
-        elif family == "P":
-            results[name] = total(relevant & cut) / k
-        elif family == "recall":
-            results[name] = ratio(total(relevant & cut), num_rel)
-        elif family in ("ndcg", "ndcg_cut"):
-            dcg = total(np.where(cut, gain / np.log2(rank + 2.0), 0.0))
-            ideal_cut = ideal_rank < k if k else np.ones(len(ideal_rank), bool)
-            idcg = total(np.where(ideal_cut, ideal_gain / np.log2(ideal_rank + 2.0), 0.0), ideal_query)
-            results[name] = ratio(dcg, idcg)
-        else:  # map, map_cut
-            precision = np.where(relevant & cut, relevant_so_far / (rank + 1.0), 0.0)
-            results[name] = ratio(total(precision), num_rel)
-    return queries, results
-
-
-def _duplicate_error(run: Run, rows: np.ndarray, second: int) -> UserError:
-    """The error for a document retrieved twice (sorted rows second - 1 and second), naming the later line."""
-    row = max(rows[second], rows[second - 1])
+def _duplicate_error(run: Run, rows: np.ndarray) -> UserError:
+    """The error for a query's rows (in file order) that retrieve a document twice, naming its second line."""
+    seen = set()
+    for row in rows.tolist():
+        if run.doc_ids[row] in seen:
+            break
+        seen.add(run.doc_ids[row])
     problem = f"document {run.doc_ids[row]} appears twice for query {run.query_ids[row]}"
     if run.line_numbers is not None:
         return at_line(run.path, int(run.line_numbers[row]), problem)
     return UserError(problem)
 
 
+def per_query(qrels: dict[str, dict[str, int]], run: Run, measures=DEFAULT_MEASURES) -> tuple[np.ndarray, dict]:
+    """(query ids, {measure: float64 [num_queries]}) for the queries both in the run and the qrels, sorted."""
+    parsed = {m: parse_measure(m) for m in measures}
+    judged = {q: docs for q, docs in qrels.items() if docs}
+    if not judged:
+        raise UserError("the qrels hold no judgments")
+    order, starts = _query_rows(run.query_ids)
+    doc_ids, scores = (run.doc_ids, run.scores) if order is None else (run.doc_ids[order], run.scores[order])
+    ends = np.r_[starts[1:], len(doc_ids)].tolist()
+    query_ids = run.query_ids[starts if order is None else order[starts]].tolist()
+    spans = [(q, s, e) for q, s, e in zip(query_ids, starts.tolist(), ends) if q in judged]
+    if not spans:
+        raise UserError(f"{run.path or 'the run'}: none of its queries has judgments in the qrels")
+    # pytrec_eval takes only Python ints as relevance.
+    evaluator = pytrec_eval.RelevanceEvaluator(
+        {q: {d: int(r) for d, r in judged[q].items()} for q, _, _ in spans},
+        {_trec_eval_request(*p) for p in parsed.values()})
+    results, chunk, chunk_rows = {}, {}, 0
+    for i, (qid, start, end) in enumerate(spans):
+        ranked = dict(zip(doc_ids[start:end].tolist(), scores[start:end].tolist()))
+        if len(ranked) < end - start:
+            rows = np.arange(start, end) if order is None else order[start:end]
+            raise _duplicate_error(run, rows)
+        chunk[qid], chunk_rows = ranked, chunk_rows + end - start
+        # Evaluated a chunk at a time, so that a long run is never all Python dicts at once.
+        if chunk_rows >= _CHUNK_ROWS or i == len(spans) - 1:
+            results.update(evaluator.evaluate(chunk))
+            chunk, chunk_rows = {}, 0
+    queries = sorted(results)
+    values = {}
+    for name, (family, k) in parsed.items():
+        key = "recip_rank" if family == "mrr" else name
+        column = np.fromiter((results[q][key] for q in queries), np.float64, len(queries))
+        # recip_rank = 1/rank ≥ 1/k exactly when the first relevant document is within the top k.
+        values[name] = np.where(column >= 1.0 / k, column, 0.0) if family == "mrr" else column
+    return np.asarray(queries), values
+
+
 def evaluate(qrels: dict[str, dict[str, int]], run: Run, measures=DEFAULT_MEASURES) -> dict:
     """Mean of each measure over the evaluated queries, plus num_q (their count)."""
     queries, values = per_query(qrels, run, measures)
     return {"num_q": len(queries), **{name: float(np.mean(v)) for name, v in values.items()}}
-
-
-def _metrics_command(args):
-    """Score a TREC run file against qrels; print one JSON object."""
-    measures = tuple(m.strip() for m in args.measures.split(",") if m.strip()) if args.measures else DEFAULT_MEASURES
-    for name in measures:
-        parse_measure(name)
-    qrels, run = read_qrels(args.qrels), read_run(args.run_file)
-    if args.per_query:
-        queries, values = per_query(qrels, run, measures)
-        result = {q: {m: float(values[m][i]) for m in measures} for i, q in enumerate(queries.tolist())}
-    else:
-        result = evaluate(qrels, run, measures)
-    print(json.dumps(result, indent=2))
-
-
-def add_metrics_parser(commands):
-    """The `metrics` subcommand."""
-    parser = commands.add_parser("metrics", help="trec_eval-equal scores of a TREC run file")
-    parser.add_argument("--qrels", required=True, help="TREC qrels (qid iter docid rel) or a BEIR qrels TSV")
-    parser.add_argument("--run", dest="run_file", required=True, help="TREC run: qid Q0 docid rank score tag")
-    parser.add_argument("--measures", help=f"comma-separated trec_eval names (default: {','.join(DEFAULT_MEASURES)})")
-    parser.add_argument("--per_query", action="store_true", help="one object per query instead of the averages")
-    parser.set_defaults(run=_metrics_command)
