@@ -1,10 +1,14 @@
 """Checking and indexing TSV files with numpy."""
 
+import contextlib
+import gzip
+
 import numpy as np
 import pytest
+from etils import epath
 
 from data_files import write
-from gtr_jax.data import tsv
+from gtr_jax.data import text_files, tsv
 from gtr_jax.errors import UserError
 from gtr_jax.data.text_files import BadLines
 
@@ -74,3 +78,56 @@ def test_id_index(tmp_path):
 def test_unknown_policy_is_a_user_error():
     with pytest.raises(UserError, match="bad_lines must be one of"):
         BadLines("maybe")
+
+
+def table_contents(table):
+    """Everything a reader of the table can see, as plain Python values."""
+    rows = range(len(table))
+    return ({f: v.tolist() for f, v in table.ints.items()},
+            {f: table.texts(f, rows) for f in table.spans}, table.line_numbers(rows).tolist())
+
+
+@pytest.mark.parametrize("chunk_bytes", [16, tsv.CHUNK_BYTES])
+@pytest.mark.parametrize("as_path", [str, epath.Path], ids=["str", "epath"])
+def test_gzipped_tables_read_like_plain_ones(tmp_path, monkeypatch, chunk_bytes, as_path):
+    monkeypatch.setattr(tsv, "CHUNK_BYTES", chunk_bytes)
+    content = "id\ttext\n" + "".join(f"{i}\tpassage número {i}\r\n" for i in range(30)) + "x\ty\n30\tlast"
+    (tmp_path / "f.tsv").write_text(content, encoding="utf-8", newline="")
+    (tmp_path / "f.tsv.gz").write_bytes(gzip.compress(content.encode()))
+    tables = [tsv.read_tsv(as_path(tmp_path / name), ("pid", "passage"), int_fields=("pid",), header="id\ttext",
+                           bad=BadLines("skip")) for name in ("f.tsv", "f.tsv.gz")]
+    assert tables[1].path == str(tmp_path / "f.tsv.gz")
+    assert table_contents(tables[0]) == table_contents(tables[1]) == (
+        {"pid": list(range(31))},
+        {"passage": [f"passage número {i}" for i in range(30)] + ["last"]},
+        list(range(2, 32)) + [33],
+    )
+
+
+def test_integer_tables_of_gzipped_files(tmp_path):
+    rows = [(q, p, n) for q, p, n in zip(range(100), range(100, 200), range(200, 300))]
+    write(str(tmp_path / "t.tsv.gz"), "".join(f"{q}\t{p}\t{n}\n" for q, p, n in rows))
+    table = tsv.read_tsv(str(tmp_path / "t.tsv.gz"), ("q", "p", "n"), int_fields=("q", "p", "n"), bad=BadLines())
+    assert table.data is None
+    assert list(zip(*(table.ints[f].tolist() for f in ("q", "p", "n")))) == rows
+
+
+def test_files_are_streamed_in_chunks_not_read_whole(tmp_path, monkeypatch):
+    monkeypatch.setattr(tsv, "CHUNK_BYTES", 64)
+    requested = []
+
+    @contextlib.contextmanager
+    def recording_open(path):
+        with text_files.open_bytes(path) as f:
+            read = f.read
+            f.read = lambda size=-1: requested.append(size) or read(size)
+            yield f
+
+    monkeypatch.setattr(tsv, "open_bytes", recording_open)
+    lines = "".join(f"{i}\tpassage {i}\n" for i in range(200))
+    for name in ("c.tsv", "c.tsv.gz"):
+        requested.clear()
+        path = write(str(tmp_path / name), lines)
+        table = tsv.read_tsv(path, ("pid", "passage"), int_fields=("pid",), bad=BadLines())
+        assert table.texts("passage", [199]) == ["passage 199"]
+        assert len(requested) > len(lines) // 64 and all(0 < size <= 64 for size in requested)

@@ -3,7 +3,11 @@
 JSONL (BEIR corpus/queries style): one object per line with "text", optional "_id"
 and optional "title"; a non-empty title is prepended to the text with a space, as BEIR
 does. TSV (MS MARCO style): `id<TAB>text` per line. The format follows the extension
-(.jsonl/.json vs .tsv/.txt).
+(.jsonl/.json vs .tsv/.txt), before any .gz.
+
+Every file is opened by `open_bytes`, through etils.epath (local paths and gs://
+alike), which also gunzips a name ending in .gz as it streams: every reader here and
+in tsv.py takes plain or gzipped files.
 
 Dataset loaders read lines through `BadLines`, the one place that decides what a bad
 line does: by default it raises a UserError naming file and line; under the `skip`
@@ -11,16 +15,19 @@ policy it counts the line by reason, and the loader reports the counts when it i
 """
 
 import collections
+import contextlib
 import gzip
-import io
 import json
 import logging
 import os
+import zlib
 
 import gin
+from etils import epath
 
 from gtr_jax.errors import UserError, at_line
 
+GZIP_SUFFIX = ".gz"
 JSONL_SUFFIXES = (".jsonl", ".json")
 TSV_SUFFIXES = (".tsv", ".txt")
 POLICIES = ("error", "skip")
@@ -69,40 +76,50 @@ def describe_skipped(counts) -> str:
     )
 
 
-def read_bytes(path: str) -> bytes:
-    """The whole file (local or gs://), gunzipped when the name ends in .gz."""
+@contextlib.contextmanager
+def open_bytes(path: str | os.PathLike):
+    """A binary stream of the file (local or gs://), gunzipped as it is read when the name ends in .gz.
+
+    A missing file, a directory, or a read that fails inside the `with` (a truncated or
+    corrupt gzip stream, say) is a one-line UserError naming the file.
+    """
+    name = os.fspath(path)
     try:
-        if path.startswith("gs://"):
-            # Only cloud paths need TensorFlow's file system; importing it costs seconds.
-            import tensorflow as tf
-
-            if not tf.io.gfile.exists(path):
-                raise UserError(f"{path}: no such file")
-            with tf.io.gfile.GFile(path, "rb") as f:
-                data = f.read()
-        else:
-            with open(path, "rb") as f:
-                data = f.read()
-        return gzip.decompress(data) if path.endswith(".gz") else data
+        with epath.Path(name).open("rb") as f:
+            yield gzip.GzipFile(fileobj=f, mode="rb") if name.endswith(GZIP_SUFFIX) else f
     except FileNotFoundError:
-        raise UserError(f"{path}: no such file") from None
+        raise UserError(f"{name}: no such file") from None
     except IsADirectoryError:
-        raise UserError(f"{path}: is a directory, not a file") from None
-    except (gzip.BadGzipFile, EOFError, OSError) as e:
-        raise UserError(f"{path}: cannot read ({e})") from None
+        raise UserError(f"{name}: is a directory, not a file") from None
+    except (EOFError, zlib.error, OSError) as e:
+        raise UserError(f"{name}: cannot read ({e})") from None
 
 
-def decoded_lines(path: str, bad: BadLines):
+def read_bytes(path: str | os.PathLike) -> bytes:
+    """The whole file (local or gs://), gunzipped when the name ends in .gz."""
+    with open_bytes(path) as f:
+        return f.read()
+
+
+def numbered_lines(path: str | os.PathLike):
+    """(1-based line number, raw bytes with their newline) of each line, streamed."""
+    with open_bytes(path) as f:
+        yield from enumerate(f, start=1)
+
+
+def decoded_lines(path: str | os.PathLike, bad: BadLines):
     """(line number, text without newline) of each valid UTF-8 line; bad ones go to `bad`."""
-    for number, raw in enumerate(io.BytesIO(read_bytes(path)), start=1):
+    path = os.fspath(path)
+    for number, raw in numbered_lines(path):
         try:
             yield number, raw.decode("utf-8").rstrip("\r\n")
         except UnicodeDecodeError as e:
             bad.reject(path, number, "bad UTF-8", f"{e.reason} at byte {e.start}")
 
 
-def json_objects(path: str, bad: BadLines, skip_first: bool = False):
+def json_objects(path: str | os.PathLike, bad: BadLines, skip_first: bool = False):
     """(line number, dict) of each line that is a JSON object; the rest go to `bad`."""
+    path = os.fspath(path)
     for number, line in decoded_lines(path, bad):
         if skip_first and number == 1:
             continue
@@ -118,23 +135,6 @@ def json_objects(path: str, bad: BadLines, skip_first: bool = False):
             bad.reject(path, number, "malformed", "expected a JSON object")
             continue
         yield number, record
-
-
-def _lines(path: str):
-    """(line number, decoded line without its newline) for each line of the file."""
-    try:
-        f = open(path, "rb")
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise UserError(f"{path}: is a directory, not a file") from None
-    with f:
-        for number, raw in enumerate(f, start=1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise at_line(path, number, f"not valid UTF-8 ({e.reason} at byte {e.start})") from None
-            yield number, line.rstrip("\r\n")
 
 
 def _jsonl_record(path: str, number: int, line: str) -> tuple[str, str]:
@@ -158,9 +158,10 @@ def _tsv_record(path: str, number: int, line: str) -> tuple[str, str]:
     return fields[0], fields[1]
 
 
-def read_texts(path: str) -> tuple[list[str], list[str]]:
+def read_texts(path: str | os.PathLike) -> tuple[list[str], list[str]]:
     """(ids, texts) of every line, in file order; an empty line or empty text is an error."""
-    suffix = os.path.splitext(path)[1].lower()
+    path = os.fspath(path)
+    suffix = os.path.splitext(path.removesuffix(GZIP_SUFFIX))[1].lower()
     if suffix in JSONL_SUFFIXES:
         parse = _jsonl_record
     elif suffix in TSV_SUFFIXES:
@@ -168,7 +169,11 @@ def read_texts(path: str) -> tuple[list[str], list[str]]:
     else:
         raise UserError(f"{path}: unknown input format; use .jsonl (BEIR style) or .tsv (id<TAB>text)")
     ids, texts = [], []
-    for number, line in _lines(path):
+    for number, raw in numbered_lines(path):
+        try:
+            line = raw.decode("utf-8").rstrip("\r\n")
+        except UnicodeDecodeError as e:
+            raise at_line(path, number, f"not valid UTF-8 ({e.reason} at byte {e.start})") from None
         if not line.strip():
             raise at_line(path, number, "empty line")
         record_id, text = parse(path, number, line)

@@ -2,7 +2,8 @@
 
 T5's public vocabulary (cc_all.32000: 32,000 pieces; the model's embedding has 32,128
 rows, the last 100 ids being sentinels that retrieval never produces) is the default.
-Any local `.model` file works; tests and the demo use a small one the project builds.
+Any `.model` file, local or gs:// (read through `text_files.read_bytes`), works; tests
+and the demo use a small one the project builds.
 """
 
 import functools
@@ -13,23 +14,10 @@ import numpy as np
 import sentencepiece
 
 from gtr_jax.errors import UserError
+from gtr_jax.data.text_files import read_bytes
 
 T5_VOCABULARY = "gs://t5-data/vocabs/cc_all.32000/sentencepiece.model"
 PAD_ID, EOS_ID = 0, 1
-
-
-def _read_bytes(path: str) -> bytes:
-    if path.startswith("gs://"):
-        # Only cloud paths need TensorFlow's file system; importing it costs seconds.
-        import tensorflow as tf
-
-        with tf.io.gfile.GFile(path, "rb") as f:
-            return f.read()
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except FileNotFoundError:
-        raise UserError(f"{path}: SentencePiece model not found") from None
 
 
 @gin.configurable
@@ -40,7 +28,7 @@ class Tokenizer:
         self.path = path
         self._processor = sentencepiece.SentencePieceProcessor()
         try:
-            self._processor.LoadFromSerializedProto(_read_bytes(path))
+            self._processor.LoadFromSerializedProto(read_bytes(path))
         except RuntimeError as e:
             raise UserError(f"{path}: not a SentencePiece model ({e})") from None
         if self._processor.pad_id() != PAD_ID or self._processor.eos_id() != EOS_ID:

@@ -7,7 +7,8 @@
     scores = queries @ docs.T                                                  # cosine similarities
 
 This module must not import flax, gin, seqio, TensorFlow, nor any gtr_jax module that
-does: a server that loads the artifact needs jax, numpy, sentencepiece and safetensors.
+does: a server that loads the artifact needs jax, numpy, sentencepiece and safetensors
+(so it reads a local directory with plain `open`, not etils.epath, which probes TensorFlow).
 
 The directory holds:
   serving_config.json    format version, tower layout, embed_dim, per tower: function file, max length

@@ -18,6 +18,7 @@ import logging
 import os
 
 import gin
+from etils import epath
 
 from gtr_jax.errors import UserError
 from gtr_jax.data.examples import EvalSet, Pairs, cached, file_stamp, positive_pairs
@@ -58,7 +59,7 @@ def files(name: str, split: str, multireqa: str | None = None, mrqa: str | None 
     candidates = os.path.join(multireqa or multireqa_dir(), folder, name, "candidates.json.gz")
     mrqa_folder = os.path.join(mrqa or mrqa_dir(), "train" if split == "train" else "dev")
     plain = os.path.join(mrqa_folder, f"{name}.jsonl")
-    return candidates, plain if os.path.exists(plain) else plain + ".gz"
+    return candidates, plain if epath.Path(plain).exists() else plain + ".gz"
 
 
 def _spans(value, context_length: int):
