@@ -2,8 +2,8 @@
 
 import setuptools
 
-# Versions seen working together on Python 3.11 (see DESIGN.md); pinned so a fresh
-# machine builds the same environment CI tests.
+# Versions seen working together on Python 3.11; pinned so a fresh machine builds the
+# same environment CI tests.
 INSTALL_REQUIRES = [
     "jax==0.10.2",
     "jaxlib==0.10.2",
@@ -12,6 +12,8 @@ INSTALL_REQUIRES = [
     "orbax-checkpoint==0.12.8",
     "tensorstore==0.1.86",
     "gin-config==0.5.0",
+    # etils.epath: how the package reads its input files, local or gs://.
+    "etils==1.15.0",
     "sentencepiece==0.2.3",
     "numpy==2.4.6",
     "ml_dtypes==0.6.0",
@@ -31,6 +33,8 @@ INSTALL_REQUIRES = [
     # BM25, the lexical reference line of `gtr-jax evaluate --ranker=bm25`, and its English stemmer.
     "bm25s==0.3.16",
     "PyStemmer==3.1.0",
+    # trec_eval's own C code: the engine of every ranking metric (gtr_jax/eval/metrics.py).
+    "pytrec-eval-terrier==0.5.11",
 ]
 
 TEST_REQUIRES = [
@@ -40,7 +44,6 @@ TEST_REQUIRES = [
     # sentence-transformers 5.7 is the last line that runs with transformers 4.x.
     "transformers==4.57.6",
     "sentence-transformers==5.7.0",
-    "pytrec-eval-terrier==0.5.11",
 ]
 
 # Peers the benchmarks under bench/ measure against (not needed by tests).

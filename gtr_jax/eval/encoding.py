@@ -16,9 +16,11 @@ import math
 import os
 from typing import Sequence
 
+import flax.linen as nn
 import jax
 import numpy as np
 import tqdm
+from etils import epath
 from jax.experimental import multihost_utils
 
 from gtr_jax.train import checkpoints, partitioning
@@ -67,10 +69,13 @@ class TextEncoder:
 
     def embed_tokens(self, tokens: np.ndarray, tower: str) -> jax.Array:
         """Embeddings [batch, embed_dim] of a padded int32 token batch (split over `data` with a mesh)."""
-        if self.mesh is not None:
-            sharding = partitioning.batch_sharding(self.mesh)
-            tokens = jax.make_array_from_callback(tokens.shape, sharding, lambda index: tokens[index])
-        return self._encode(self.params, tokens, tower)
+        if self.mesh is None:
+            return self._encode(self.params, tokens, tower)
+        sharding = partitioning.batch_sharding(self.mesh)
+        tokens = jax.make_array_from_callback(tokens.shape, sharding, lambda index: tokens[index])
+        # The mesh and rules turn the model's activation constraints into shardings when traced.
+        with jax.set_mesh(self.mesh), nn.logical_axis_rules(partitioning.standard_logical_axis_rules()):
+            return self._encode(self.params, tokens, tower)
 
     def embed_token_lists(self, token_lists: Sequence[Sequence[int]], tower: str, max_length: int, batch_size: int = 64,
                           bar: tqdm.tqdm | None = None) -> np.ndarray:
@@ -145,8 +150,7 @@ class TextEncoder:
 
 def _read_manifest(path: str) -> dict | None:
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
+        return json.loads(epath.Path(path).read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return None
 

@@ -1,4 +1,4 @@
-"""The T5 encoder (T5.1.1 and T5 v1.0) in flax.linen, with t5x logical axis names.
+"""The T5 encoder (T5.1.1 and T5 v1.0) in flax.linen, with logical axis names for sharding.
 
 Numerics follow Hugging Face's `T5EncoderModel`, which the tests use as the reference:
 RMSNorm without bias or mean subtraction, no biases anywhere, unscaled dot-product
@@ -34,10 +34,12 @@ from gtr_jax.model import matmul
 FeedForward = Literal["gated-gelu", "relu"]
 RelposBiasInit = Literal["hf", "t5x"]
 
-# Parameter logical axis names (t5x vocabulary); `partitioning.py` maps them to mesh axes.
+# Logical axis names, mapped to mesh axes by `partitioning.standard_logical_axis_rules`.
+# Parameters use t5x's names; activations have names of their own (as MaxText does), so
+# that each name has one rule and no sharding depends on the order of the rules.
 EMBED, VOCAB, MLP, JOINED_KV, HEADS, RELPOS = "embed", "vocab", "mlp", "joined_kv", "heads", "relpos_buckets"
-# Activation logical axis names.
-BATCH, LENGTH, KV = "batch", "length", "kv"
+ACTIVATION_BATCH, ACTIVATION_LENGTH, ACTIVATION_EMBED = "activation_batch", "activation_length", "activation_embed"
+ACTIVATION_HEADS, ACTIVATION_KV, ACTIVATION_MLP = "activation_heads", "activation_kv", "activation_mlp"
 
 
 @gin.configurable
@@ -91,9 +93,10 @@ def relpos_bias_initializer(config: T5Config):
     the peer the quality benchmark trains beside: the bias then starts as small as the
     attention logits' own spread. "t5x" draws t5x's T5.1.1 choice, variance scaling
     (fan_avg, uniform): std sqrt(2 / (buckets + heads)), about 4x larger at d_model 256.
-    From scratch at d_model 256, a bias drawn from N(0, 1) (this module's former
-    default, which no reference uses) trained retrievers 12% worse (MRR@10) than
-    Hugging Face's init; models fine-tuned from public checkpoints never use this init.
+    From scratch, a bias drawn from N(0, 1) (this module's former default, which no
+    reference uses) trained worse retrievers than Hugging Face's init (the quality
+    benchmark's figures are in docs/performance.md); models fine-tuned from public
+    checkpoints never use this init.
     """
     if config.relpos_bias_init == "t5x":
         return nn.initializers.variance_scaling(1.0, "fan_avg", "uniform")
@@ -146,9 +149,10 @@ def counter_hash_bits(key, shape) -> jax.Array:
     A function of (key, global index) only, like partitionable threefry, so the bits do not
     depend on how the array is sharded; but a few integer ops per element that fuse into the
     consumer instead of threefry's 20 rounds, which XLA CPU splits into passes over memory
-    and which made dropout cost 30% of a T5-small train step. Indices are taken modulo 2**32
-    and the leading axis's index enters the second round, so bits repeat only inside one
-    leading-axis slice of more than 2**32 elements.
+    and which made dropout a large part of a T5-small train step on CPU (figures in
+    docs/performance.md). Indices are taken modulo 2**32 and the leading axis's index
+    enters the second round, so bits repeat only inside one leading-axis slice of more
+    than 2**32 elements.
     """
     seeds = jax.random.bits(key, (2,), jnp.uint32)
     index = jnp.zeros(shape, jnp.uint32)
@@ -185,8 +189,9 @@ class Dense(nn.Module):
 
     The input is flattened to [tokens, features] around the matmul. XLA CPU lowers the
     weight gradient of a [batch, length, features] contraction (two contracting axes)
-    through a transposed copy of the activation gradient, which cost a third of a
-    T5-small train step; the gradient of a 2-D dot needs no copy.
+    through a transposed copy of the activation gradient, a large part of a T5-small
+    train step on CPU (figures in docs/performance.md); the gradient of a 2-D dot needs
+    no copy.
 
     The result is in `out_dtype` (default: the compute dtype `dtype`). Outputs that feed
     elementwise math ask for float32: the matmul accumulates in float32 anyway, and XLA
@@ -223,7 +228,8 @@ class SelfAttention(nn.Module):
         k = Dense(inner, (EMBED, JOINED_KV), cfg.d_model**-0.5, dtype, name="key")(x)
         v = Dense(inner, (EMBED, JOINED_KV), cfg.d_model**-0.5, dtype, name="value")(x)
         split = lambda t: nn.with_logical_constraint(
-            t.reshape(t.shape[:2] + (cfg.num_heads, cfg.d_kv)), (BATCH, LENGTH, HEADS, KV)
+            t.reshape(t.shape[:2] + (cfg.num_heads, cfg.d_kv)),
+            (ACTIVATION_BATCH, ACTIVATION_LENGTH, ACTIVATION_HEADS, ACTIVATION_KV),
         )
         q, k, v = split(q), split(k), split(v)
         # Heads first: [batch, heads, q_length, d_kv] @ [batch, heads, d_kv, k_length].
@@ -251,7 +257,7 @@ class FeedForwardBlock(nn.Module):
             hidden = jax.nn.gelu(gate, approximate=True) * linear
         else:
             hidden = jax.nn.relu(Dense(cfg.d_ff, (EMBED, MLP), std_in, dtype, jnp.float32, name="wi")(x))
-        hidden = nn.with_logical_constraint(hidden, (BATCH, LENGTH, MLP))
+        hidden = nn.with_logical_constraint(hidden, (ACTIVATION_BATCH, ACTIVATION_LENGTH, ACTIVATION_MLP))
         hidden = Dropout(cfg.dropout_rate)(hidden, deterministic=deterministic)
         return Dense(cfg.d_model, (MLP, EMBED), std_out, dtype, jnp.float32, name="wo")(hidden)
 
@@ -272,7 +278,7 @@ class EncoderLayer(nn.Module):
         h = RMSNorm(cfg.layer_norm_epsilon, name="pre_mlp_norm")(x)
         h = FeedForwardBlock(cfg, name="mlp")(h, self.deterministic)
         x = x + dropout(h, deterministic=self.deterministic)
-        return nn.with_logical_constraint(x, (BATCH, LENGTH, EMBED))
+        return nn.with_logical_constraint(x, (ACTIVATION_BATCH, ACTIVATION_LENGTH, ACTIVATION_EMBED))
 
 
 class ScannedLayer(EncoderLayer):
@@ -294,7 +300,7 @@ class T5Encoder(nn.Module):
     @nn.compact
     def __call__(self, tokens, deterministic: bool = True):
         cfg = self.config
-        tokens = nn.with_logical_constraint(tokens, (BATCH, LENGTH))
+        tokens = nn.with_logical_constraint(tokens, (ACTIVATION_BATCH, ACTIVATION_LENGTH))
         embedding = self.param(
             "token_embedder",
             nn.with_logical_partitioning(nn.initializers.normal(stddev=1.0), (VOCAB, EMBED)),
@@ -302,7 +308,7 @@ class T5Encoder(nn.Module):
         )
         x = jnp.take(embedding, tokens, axis=0)
         x = Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
-        x = nn.with_logical_constraint(x, (BATCH, LENGTH, EMBED))
+        x = nn.with_logical_constraint(x, (ACTIVATION_BATCH, ACTIVATION_LENGTH, ACTIVATION_EMBED))
         attention_bias = self._attention_bias(tokens)
 
         layer_cls = ScannedLayer if cfg.scan_layers else EncoderLayer

@@ -1,10 +1,10 @@
 """Keep the host memory XLA frees after each step, instead of handing it back to the OS.
 
-XLA's CPU runtime allocates the temporaries of each execution as one buffer (2.4 GiB
-for a T5-small train step at batch 32) and frees it when the execution ends. glibc's
-malloc serves a request that large with a fresh `mmap` and `munmap`s it on free, so every
-step page-faults the whole buffer back in, zero-filled by the kernel: 640k minor faults
-and a fifth of the step's time on a 2-core machine. `retain_freed_memory` switches glibc
+XLA's CPU runtime allocates the temporaries of each execution as one buffer (gigabytes
+for a T5-small train step) and frees it when the execution ends. glibc's malloc serves a
+request that large with a fresh `mmap` and `munmap`s it on free, so every step
+page-faults the whole buffer back in, zero-filled by the kernel, a sizeable part of the
+step's time (figures in docs/performance.md). `retain_freed_memory` switches glibc
 to keeping freed memory in its heap for the next step to reuse. The process's resident
 memory then stays at its high-water mark instead of dipping between steps.
 

@@ -1,11 +1,11 @@
 """The device mesh and the one table that maps logical axis names to mesh axes.
 
-Parameters and activations carry t5x logical names (`embed`, `mlp`, `heads`, ...; see
-t5.py); sharding is decided here, as data: `standard_logical_axis_rules` is the t5x
-default (batch over `data`, model-parallel dims over `model`), and `fsdp=True` also
-shards the `embed` dimension of weights over `data` (ZeRO-3 style). Rules are tried in
-order and a mesh axis is used at most once per array, so an activation [batch, length,
-embed] keeps `data` for `batch` under both tables.
+Parameters carry t5x's logical names (`embed`, `mlp`, `heads`, ...) and activations
+names of their own (`activation_batch`, `activation_embed`, ...; see t5.py); sharding is
+decided here, as data. `standard_logical_axis_rules` is the t5x default (the batch over
+`data`, model-parallel dims over `model`), and `fsdp=True` also shards the `embed`
+dimension of weights over `data` (ZeRO-3 style) while activations keep theirs whole.
+Every name has exactly one rule, so the order of the rules does not matter.
 """
 
 import math
@@ -44,21 +44,26 @@ def make_mesh(mesh_shape=(-1, 1), axis_names=(DATA, MODEL), num_devices: int | N
 
 @gin.configurable
 def standard_logical_axis_rules(fsdp: bool = False) -> tuple[tuple[str, str | None], ...]:
-    """t5x's logical→mesh table; with `fsdp`, weights' `embed` dim is sharded over `data` too."""
-    rules = [
-        ("batch", DATA),
+    """t5x's logical→mesh table, one rule per name; `fsdp` also shards weights' `embed` dim over `data`."""
+    weights = (
+        ("embed", DATA if fsdp else None),
         ("vocab", MODEL),
         ("mlp", MODEL),
         ("heads", MODEL),
         ("joined_kv", MODEL),
-        ("kv", None),
-        ("length", None),
         ("relpos_buckets", None),
         ("projection", None),
         ("layers", None),
-    ]
-    rules.append(("embed", DATA if fsdp else None))
-    return tuple(rules)
+    )
+    activations = (
+        ("activation_batch", DATA),
+        ("activation_length", None),
+        ("activation_embed", None),
+        ("activation_heads", MODEL),
+        ("activation_kv", None),
+        ("activation_mlp", MODEL),
+    )
+    return weights + activations
 
 
 def param_shardings(boxed_params, mesh, rules):
