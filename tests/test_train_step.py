@@ -81,3 +81,19 @@ def test_the_step_uses_the_loss_config(options):
     with jax.set_mesh(mesh):
         _, metrics = update(state, jax.device_put(batch, partitioning.batch_sharding(mesh)))
     assert float(metrics["loss"]) == pytest.approx(float(reference), abs=1e-5)
+
+
+@pytest.mark.parametrize("rules, constrained", [(None, True), ((), False)], ids=["standard-rules", "no-rules"])
+def test_the_step_applies_the_models_activation_constraints(rules, constrained):
+    # The model constrains its activations by logical name; they become sharding constraints in
+    # the traced step only when make_update applies the model under a rule table.
+    model = dual_encoder.DualEncoder(CONFIG, "sde", 8)
+    batch = make_batch(False)
+    params = meta.unbox(model.init(jax.random.key(0), batch["query_tokens"], batch["doc_tokens"]))["params"]
+    mesh = partitioning.make_mesh((4, 2), num_devices=8)
+    tx = optax.sgd(0.1)
+    state = train_step.TrainState(jnp.zeros((), jnp.int32), params, {}, tx.init((params, {})))
+    update = train_step.make_update(model, tx, mesh, temperature=0.05, dropout_seed=0, logical_axis_rules=rules)
+    with jax.set_mesh(mesh):
+        text = jax.jit(update).lower(state, jax.device_put(batch, partitioning.batch_sharding(mesh))).as_text()
+    assert ("sharding_constraint" in text) is constrained
