@@ -151,6 +151,31 @@ def test_kill_and_resume_ends_bit_equal_to_an_uninterrupted_run(tmp_path):
     jax.tree.map(np.testing.assert_array_equal, resumed, straight)
 
 
+def test_sigterm_checkpoints_the_step_reached_exits_0_and_resumes_bit_equal(tmp_path):
+    # What a Cloud TPU spot VM's preemption notice does to a run.
+    common = ["--gin.train.checkpoint_every=100", "--gin.synthetic_pairs.step_delay=0.15"]
+    subprocess.run(cli_command(tmp_path / "straight", 24, *common), env=subprocess_env(), check=True, capture_output=True)
+
+    preempted = tmp_path / "preempted"
+    process = subprocess.Popen(cli_command(preempted, 24, *common), env=subprocess_env(), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (preempted / "operative_config.gin").exists() and time.time() < deadline:  # after the first step
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr
+    saved = [int(p.name.split("_")[-1]) for p in (preempted / "checkpoints").glob("checkpoint_*")]
+    assert len(saved) == 1 and 1 <= saved[0] < 24, saved  # not a scheduled checkpoint: every 100 steps
+    assert f"preempted: saved step {saved[0]} of 24 in {preempted}" in stdout
+
+    subprocess.run(cli_command(preempted, 24, *common), env=subprocess_env(), check=True, capture_output=True)
+    step_a, straight = final_params(tmp_path / "straight")
+    step_b, resumed = final_params(preempted)
+    assert step_a == step_b == 24
+    jax.tree.map(np.testing.assert_array_equal, resumed, straight)
+
+
 def test_two_processes_match_one(tmp_path):
     subprocess.run(cli_command(tmp_path / "one", 4), env=subprocess_env(8), check=True, capture_output=True)
     port = 20000 + os.getpid() % 20000

@@ -9,6 +9,8 @@ Reliability contract:
   * The data order and dropout are pure functions of (seed, step), and the state is
     checkpointed whole, so a run that is killed and resumed ends bit-equal to one that
     was not.
+  * A preemption notice (SIGTERM, or JAX's multi-host preemption sync) checkpoints the
+    step reached on every host and returns; the command exits 0 (see preemption).
   * A non-finite loss stops the run before the next checkpoint could store it.
   * An unreadable newest checkpoint is moved to MODEL_DIR/corrupt_checkpoints/ with a
     warning, and the run resumes from the one before.
@@ -29,6 +31,7 @@ from jax.experimental import multihost_utils
 
 from gtr_jax import losses
 from gtr_jax.train import checkpoints, partitioning, train_step
+from gtr_jax.train.preemption import Preemption
 from gtr_jax.model import dual_encoder
 from gtr_jax.errors import UserError
 
@@ -146,7 +149,8 @@ def train(
     accumulator = jax.device_put(train_step.Accumulator.zeros(metric_names), accumulator_shardings)
     bar = tqdm.tqdm(total=train_steps, initial=start, unit="step", disable=not (progress and is_writer), dynamic_ncols=True)
     interval_start, interval_step, batch = time.perf_counter(), start, first_batch
-    with jax.set_mesh(mesh):
+    preempted = False
+    with jax.set_mesh(mesh), Preemption(manager) as preemption:
         for step in range(start, train_steps):
             if batch is None:
                 batch = partitioning.global_batch(next(batches), mesh)
@@ -156,7 +160,8 @@ def train(
                 (epath.Path(model_dir) / "operative_config.gin").write_text(gin.operative_config_str())
             batch, done = None, step + 1
             bar.update(1)
-            save = done % checkpoint_every == 0 or done == train_steps
+            preempted = preemption.reached(done)
+            save = done % checkpoint_every == 0 or done == train_steps or preempted
             if done % log_every == 0 or save:
                 averages = _drain(accumulator, manager, model_dir)
                 accumulator = jax.device_put(train_step.Accumulator.zeros(metric_names), accumulator_shardings)
@@ -167,6 +172,8 @@ def train(
                 bar.set_postfix(loss=f"{averages['loss']:.4f}", ex_s=f"{speed['examples_per_sec']:.1f}")
             if save:
                 manager.save(done, args=checkpoints.train_state_args(state))
+            if preempted:
+                break
             if eval_every and (done % eval_every == 0 or done == train_steps):
                 writer.write(done, {f"eval/{k}": v for fn in evaluate_fns for k, v in fn(state.params, done).items()})
             if done % log_every == 0 or save:
@@ -176,7 +183,9 @@ def train(
     manager.wait_until_finished()
     manager.close()
     writer.close()
-    if is_writer:
+    if is_writer and preempted:
+        print(f"preempted: saved step {int(state.step)} of {train_steps} in {model_dir}; the same command resumes there")
+    elif is_writer:
         print(f"trained to step {int(state.step)}; checkpoints, metrics.jsonl and tensorboard/ are in {model_dir}")
     return state
 
