@@ -1,6 +1,9 @@
 """gtr_jax: GTR-style T5 dual-encoder retrievers with the SamToNe loss, in JAX/Flax."""
 
+import shutil
+
 import setuptools
+from setuptools.command.build_py import build_py
 
 # Versions seen working together on Python 3.11; pinned so a fresh machine builds the
 # same environment CI tests.
@@ -60,6 +63,19 @@ BENCH_REQUIRES = TEST_REQUIRES + [
     "fonttools==4.68.0",
 ]
 
+
+
+class BuildPyWithGinFiles(build_py):
+    """Ships the top-level gin/ folder inside the package, as gtr_jax/gin/, in a built wheel or
+    a `pip install .`, so an installed gtr-jax finds `--gin_file=runs/finetune.gin` from any
+    directory. An editable install reads gin/ where it is."""
+
+    def run(self):
+        super().run()
+        if not self.editable_mode:
+            shutil.copytree("gin", f"{self.build_lib}/gtr_jax/gin", dirs_exist_ok=True)
+
+
 setuptools.setup(
     name="gtr_jax",
     version="0.1.0",
@@ -69,6 +85,8 @@ setuptools.setup(
     package_data={"gtr_jax.data.sources": ["assets/*.model"]},
     python_requires=">=3.11",
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": TEST_REQUIRES, "bench": BENCH_REQUIRES},
+    # `tpu`: libtpu for the pinned jax, what Cloud TPU workers install (tpu_scripts/setup_tpu.sh).
+    extras_require={"test": TEST_REQUIRES, "bench": BENCH_REQUIRES, "tpu": ["jax[tpu]==0.10.2"]},
     entry_points={"console_scripts": ["gtr-jax = gtr_jax.cli.main:main"]},
+    cmdclass={"build_py": BuildPyWithGinFiles},
 )

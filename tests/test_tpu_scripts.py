@@ -41,7 +41,7 @@ def test_setup_installs_the_committed_tree_and_copies_data():
                    "--zone=europe-west4-a", "--project=proj", "--worker=all"]
     assert install[:-1] == [*SSH, "--worker=all"]
     assert install[-1] == ("--command=rm -rf gtr_jax && mkdir gtr_jax && tar -xzf gtr_jax_source.tar.gz -C gtr_jax && "
-                           "cd gtr_jax && python3 -m venv .venv && .venv/bin/pip install --quiet -e . 'jax[tpu]==0.10.2'")
+                           "cd gtr_jax && python3 -m venv .venv && .venv/bin/pip install --quiet '.[tpu]'")
     assert copy[-1] == ("--command=sudo mkdir -p '/data/msmarco' && sudo chown $USER '/data/msmarco' && "
                         "gcloud storage cp --recursive 'gs://bucket/msmarco/*' '/data/msmarco/'")
 

@@ -15,13 +15,12 @@ for arg in "${EXTRA_ARGS[@]+"${EXTRA_ARGS[@]}"}"; do
 done
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 ARCHIVE=/tmp/gtr_jax_source.tar.gz
-JAX_VERSION=0.10.2
 
 # The committed tree of this checkout, so every worker runs exactly the same code.
 run git -C "$REPO" archive --format=tar.gz --output="$ARCHIVE" HEAD
 gcloud_location
 run gcloud compute tpus tpu-vm scp "$ARCHIVE" "$TPU_NAME":gtr_jax_source.tar.gz "${LOCATION[@]}" --worker=all
-on_workers all "rm -rf gtr_jax && mkdir gtr_jax && tar -xzf gtr_jax_source.tar.gz -C gtr_jax && cd gtr_jax && python3 -m venv .venv && .venv/bin/pip install --quiet -e . 'jax[tpu]==$JAX_VERSION'"
+on_workers all "rm -rf gtr_jax && mkdir gtr_jax && tar -xzf gtr_jax_source.tar.gz -C gtr_jax && cd gtr_jax && python3 -m venv .venv && .venv/bin/pip install --quiet '.[tpu]'"
 for copy in "${COPIES[@]+"${COPIES[@]}"}"; do
   source_url="${copy%%=*}"
   local_dir="${copy#*=}"

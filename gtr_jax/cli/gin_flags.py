@@ -13,7 +13,11 @@ from gtr_jax.errors import UserError
 
 # Macros whose values are paths or names: a bare value is taken as a string.
 STRING_MACROS = ("MODEL_DIR", "INIT_CHECKPOINT", "MIXTURE_OR_TASK_NAME", "VOCABULARY")
-GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "gin")
+# The shipped gin files: inside the package when installed from a wheel or `pip install .`
+# (setup.py copies them there), else the checkout's top-level gin/ (an editable install).
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_INSTALLED_GIN_DIR = os.path.join(_PACKAGE_DIR, "gin")
+GIN_DIR = _INSTALLED_GIN_DIR if os.path.isdir(_INSTALLED_GIN_DIR) else os.path.join(os.path.dirname(_PACKAGE_DIR), "gin")
 EPILOG = "Any --gin.NAME=VALUE adds a gin binding, e.g. {}."
 
 
