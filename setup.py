@@ -47,6 +47,8 @@ TEST_REQUIRES = [
     # sentence-transformers 5.7 is the last line that runs with transformers 4.x.
     "transformers==4.57.6",
     "sentence-transformers==5.7.0",
+    # tests/test_compile.py compiles for TPU topologies on the CPU host: the libtpu that jax[tpu]==0.10.2 pins.
+    "libtpu==0.0.42.1",
 ]
 
 # Peers the benchmarks under bench/ measure against (not needed by tests).

@@ -104,5 +104,24 @@ def test_an_installed_accelerator_plugin_means_no_cpu(monkeypatch):
     real_find_spec = host_memory.importlib.util.find_spec
     monkeypatch.setattr(host_memory.importlib.util, "find_spec",
                         lambda name: object() if name == "libtpu" else real_find_spec(name))
+    monkeypatch.setattr(host_memory, "tpu_chip_attached", lambda: True)
     assert not host_memory.jax_will_run_on_cpu()
     assert not host_memory.retain_freed_memory_if_jax_runs_on_cpu()
+
+
+def test_libtpu_without_a_tpu_chip_means_cpu(monkeypatch, tmp_path):
+    """libtpu on a CPU host (installed to compile for TPU topologies): JAX falls back to the CPU."""
+    monkeypatch.delenv("JAX_PLATFORMS", raising=False)
+    real_find_spec = host_memory.importlib.util.find_spec
+    monkeypatch.setattr(host_memory.importlib.util, "find_spec",
+                        lambda name: object() if name == "libtpu" else real_find_spec(name))
+    nic = tmp_path / "0000:00:04.0"  # a Google virtual NIC: Google's vendor id, not a TPU
+    nic.mkdir()
+    (nic / "vendor").write_text("0x1ae0\n")
+    (nic / "device").write_text("0x0042\n")
+    monkeypatch.setattr(host_memory.glob, "glob", lambda pattern: [str(nic / "vendor")])
+    assert not host_memory.tpu_chip_attached()
+    assert host_memory.jax_will_run_on_cpu()
+    (nic / "device").write_text("0x005e\n")  # a TPU v4 chip
+    assert host_memory.tpu_chip_attached()
+    assert not host_memory.jax_will_run_on_cpu()

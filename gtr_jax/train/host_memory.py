@@ -15,6 +15,7 @@ GTR_JAX_KEEP_DEFAULT_MALLOC=1 to leave glibc's defaults alone.
 """
 
 import ctypes
+import glob
 import importlib.metadata
 import importlib.util
 import os
@@ -47,14 +48,35 @@ def jax_will_run_on_cpu() -> bool:
 
     JAX_PLATFORMS names the backends in order of preference when set; otherwise JAX
     prefers any installed accelerator plugin (libtpu, or a `jax_plugins` package or entry
-    point such as the CUDA plugin).
+    point such as the CUDA plugin); libtpu counts only where a TPU chip is attached.
     """
     platforms = os.environ.get("JAX_PLATFORMS", "").strip()
     if platforms:
         return platforms.split(",")[0].strip() == "cpu"
-    if importlib.util.find_spec("libtpu") or importlib.util.find_spec("jax_plugins"):
+    if importlib.util.find_spec("libtpu") and tpu_chip_attached():
+        return False
+    if importlib.util.find_spec("jax_plugins"):
         return False
     return not importlib.metadata.entry_points(group="jax_plugins")
+
+
+# Google's PCI vendor id and the device ids of TPU chips (v3 to TPU7x), as jax/_src/hardware_utils.py
+# lists them: JAX opens its TPU backend only where one is attached, and computes on the CPU otherwise
+# (libtpu alone is also installed on CPU hosts, to compile for TPU topologies ahead of time).
+_GOOGLE_PCI_VENDOR = "0x1ae0"
+_TPU_PCI_DEVICES = {"0x0027", "0x0056", "0x005e", "0x0062", "0x0063", "0x006f", "0x0076"}
+
+
+def tpu_chip_attached() -> bool:
+    """Whether a TPU chip is on this host's PCI bus (what JAX checks before opening its TPU backend)."""
+    for vendor in glob.glob("/sys/bus/pci/devices/*/vendor"):
+        try:
+            with open(vendor) as f, open(os.path.join(os.path.dirname(vendor), "device")) as g:
+                if f.read().strip() == _GOOGLE_PCI_VENDOR and g.read().strip() in _TPU_PCI_DEVICES:
+                    return True
+        except OSError:
+            continue
+    return False
 
 
 def retain_freed_memory_if_jax_runs_on_cpu() -> bool:

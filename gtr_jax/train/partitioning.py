@@ -11,6 +11,7 @@ Every name has exactly one rule, so the order of the rules does not matter.
 import math
 
 import flax.linen as nn
+import numpy as np
 import gin
 import jax
 from jax.sharding import NamedSharding, PartitionSpec
@@ -21,14 +22,18 @@ DATA, MODEL = "data", "model"
 
 
 @gin.configurable
-def make_mesh(mesh_shape=(-1, 1), axis_names=(DATA, MODEL), num_devices: int | None = None) -> jax.sharding.Mesh:
+def make_mesh(mesh_shape=(-1, 1), axis_names=(DATA, MODEL), num_devices: int | None = None,
+              devices=None) -> jax.sharding.Mesh:
     """A mesh over all devices (or the first `num_devices`); one -1 in `mesh_shape` takes the rest.
+
+    `devices` (default `jax.devices()`) may be another backend's, e.g. a TPU topology's
+    for ahead-of-time compilation.
 
     The axes are Auto, as flax's logical constraints need. A third leading axis (e.g.
     ('replica', 'data', 'model') for multi-slice) is allowed; the batch is then sharded
     over 'data' only.
     """
-    devices = jax.devices()[:num_devices]
+    devices = list(jax.devices() if devices is None else devices)[:num_devices]
     shape = list(mesh_shape)
     if shape.count(-1) > 1 or len(shape) != len(axis_names):
         raise UserError(f"mesh_shape {tuple(mesh_shape)} must name {len(axis_names)} axes with at most one -1")
@@ -37,9 +42,12 @@ def make_mesh(mesh_shape=(-1, 1), axis_names=(DATA, MODEL), num_devices: int | N
         shape[shape.index(-1)] = len(devices) // known
     if math.prod(shape) != len(devices):
         raise UserError(f"mesh_shape {tuple(mesh_shape)} does not fit {len(devices)} devices")
-    return jax.make_mesh(
-        tuple(shape), tuple(axis_names), axis_types=(jax.sharding.AxisType.Auto,) * len(shape), devices=devices
-    )
+    axis_types = (jax.sharding.AxisType.Auto,) * len(shape)
+    if len({getattr(d, "slice_index", 0) for d in devices}) > 1:
+        # Several slices: slice-major order, so that a leading axis of the slice count spans slices.
+        ordered = sorted(devices, key=lambda d: (d.slice_index, d.id))
+        return jax.sharding.Mesh(np.array(ordered).reshape(shape), tuple(axis_names), axis_types=axis_types)
+    return jax.make_mesh(tuple(shape), tuple(axis_names), axis_types=axis_types, devices=devices)
 
 
 @gin.configurable

@@ -16,9 +16,11 @@ Reliability contract:
     warning, and the run resumes from the one before.
 """
 
+import dataclasses
 import json
 import logging
 import time
+from typing import Any, Callable
 
 import gin
 import jax
@@ -84,32 +86,14 @@ def train(
     _check_parts(model_config=model_config, optimizer=optimizer, mesh=mesh, loss=loss)
     is_writer = jax.process_index() == 0
 
-    # ---------------------------------------------------------------- mesh and model
+    # ---------------------------------------------------------------- the step, from abstract shapes
     rules = partitioning.standard_logical_axis_rules(fsdp=False) if logical_axis_rules is None else logical_axis_rules
-    partitioning.check_divisible(batch_size, mesh)
-    model = model_config.build()
-
-    # ---------------------------------------------------------------- state shardings
-    boxed = checkpoints.boxed_param_shapes(model_config)
-    param_shardings = partitioning.param_shardings(boxed, mesh, rules)
-    params_shape = meta.unbox(boxed)
-    temperature_shape = jax.eval_shape(lambda: train_step.initial_temperature(learn_temperature, temperature))
-    opt_shape = jax.eval_shape(optimizer.init, (params_shape, temperature_shape))
-    replicated = partitioning.replicated(mesh)
-    # Replicated optimizer state: cheap for Adafactor's O(rows + cols) statistics per matrix.
-    state_shardings = train_step.TrainState(
-        step=replicated,
-        params=param_shardings,
-        temperature=jax.tree.map(lambda _: replicated, temperature_shape),
-        opt_state=jax.tree.map(lambda _: replicated, opt_shape),
-    )
-    state_shape = train_step.TrainState(jax.ShapeDtypeStruct((), jnp.int32), params_shape, temperature_shape, opt_shape)
-    abstract_state = jax.tree.map(
-        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state_shape, state_shardings
-    )
-
-    update = train_step.make_update(model, optimizer, mesh, loss=loss, temperature=temperature, dropout_seed=seed,
-                                    grad_cache_chunk_size=grad_cache_chunk_size, logical_axis_rules=rules)
+    step_builder = build_step(model_config=model_config, optimizer=optimizer, mesh=mesh, loss=loss,
+                              batch_size=batch_size, logical_axis_rules=rules,
+                              grad_cache_chunk_size=grad_cache_chunk_size, temperature=temperature,
+                              learn_temperature=learn_temperature, seed=seed)
+    update, abstract_state = step_builder.update, step_builder.abstract_state
+    state_shardings, param_shardings = step_builder.state_shardings, step_builder.param_shardings
     if dry_run:
         return _dry_run(update, abstract_state, input_fn, batch_size, seed, mesh, model_config)
 
@@ -118,8 +102,8 @@ def train(
     manager = checkpoints.checkpoint_manager(model_dir, max_to_keep=keep_checkpoints, enable_async_checkpointing=True)
     state = _restore_newest_good(manager, model_dir, abstract_state)
     if state is None:
-        state = _initial_state(model, optimizer, model_config, init_checkpoint, seed, learn_temperature, temperature,
-                               state_shardings, param_shardings)
+        state = _initial_state(step_builder.model, optimizer, model_config, init_checkpoint, seed, learn_temperature,
+                               temperature, state_shardings, param_shardings)
     start = int(state.step)
     if is_writer:
         _write_run_files(model_dir, model_config, vocabulary)
@@ -128,20 +112,7 @@ def train(
     batches = input_fn(global_batch_size=batch_size, start_step=start, shard_index=jax.process_index(),
                        num_shards=jax.process_count(), seed=seed)
     first_batch = partitioning.global_batch(next(batches), mesh)
-    metric_names = sorted(jax.eval_shape(update, abstract_state, first_batch)[1])
-    accumulator_shardings = jax.tree.map(lambda _: replicated, train_step.Accumulator.zeros(metric_names))
-
-    def step_and_accumulate(state, batch, accumulator):
-        new_state, metrics = update(state, batch)
-        return new_state, accumulator.add(state.step, metrics)
-
-    batch_shardings = jax.tree.map(lambda _: partitioning.batch_sharding(mesh), first_batch)
-    jitted_step = jax.jit(
-        step_and_accumulate,
-        in_shardings=(state_shardings, batch_shardings, accumulator_shardings),
-        out_shardings=(state_shardings, accumulator_shardings),
-        donate_argnums=(0, 2),
-    )
+    jitted_step, accumulator_shardings, metric_names = step_builder.jit(first_batch)
     evaluate_fns = [factory(model_config=model_config, mesh=mesh) for factory in evaluators]
 
     # ---------------------------------------------------------------- loop
@@ -206,6 +177,80 @@ def _check_parts(**parts):
         if not isinstance(value, kind):
             raise UserError(f"train.{name} must be a {kind.__name__}, not {value!r:.100} "
                             f"(in gin: train.{name} = {binding})")
+
+
+@dataclasses.dataclass(frozen=True)
+class StepBuilder:
+    """The train step of a run, built from abstract shapes only: what `train` runs and `gtr-jax compile` compiles.
+
+    `abstract_state` is the TrainState as ShapeDtypeStructs carrying their shardings;
+    `jit(batch)` gives the jitted (state, batch, accumulator) -> (state, accumulator) step
+    for a batch of that structure, with its shardings and donation.
+    """
+
+    model: Any
+    mesh: jax.sharding.Mesh
+    update: Callable
+    abstract_state: train_step.TrainState
+    state_shardings: train_step.TrainState
+    param_shardings: Any
+
+    def jit(self, batch: dict):
+        """(jitted step, accumulator shardings, metric names) for batches shaped like `batch`."""
+        replicated = partitioning.replicated(self.mesh)
+        with jax.set_mesh(self.mesh):
+            metric_names = sorted(jax.eval_shape(self.update, self.abstract_state, batch)[1])
+        accumulator_shardings = jax.tree.map(lambda _: replicated, train_step.Accumulator.zeros(metric_names))
+        update = self.update
+
+        def step_and_accumulate(state, batch, accumulator):
+            new_state, metrics = update(state, batch)
+            return new_state, accumulator.add(state.step, metrics)
+
+        batch_shardings = jax.tree.map(lambda _: partitioning.batch_sharding(self.mesh), batch)
+        jitted = jax.jit(
+            step_and_accumulate,
+            in_shardings=(self.state_shardings, batch_shardings, accumulator_shardings),
+            out_shardings=(self.state_shardings, accumulator_shardings),
+            donate_argnums=(0, 2),
+        )
+        return jitted, accumulator_shardings, metric_names
+
+    def lower(self, batch: dict):
+        """The step lowered for abstract arguments (state, `batch`, a zero accumulator), no array allocated."""
+        jitted, accumulator_shardings, metric_names = self.jit(batch)
+        zeros = jax.eval_shape(lambda: train_step.Accumulator.zeros(metric_names))
+        accumulator = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                                   zeros, accumulator_shardings)
+        with jax.set_mesh(self.mesh):
+            return jitted.lower(self.abstract_state, batch, accumulator)
+
+
+def build_step(*, model_config, optimizer, mesh, loss, batch_size, logical_axis_rules, grad_cache_chunk_size,
+               temperature, learn_temperature, seed) -> StepBuilder:
+    """The model, the state's shardings and abstract shapes, and the update of a run (see `train`)."""
+    partitioning.check_divisible(batch_size, mesh)
+    model = model_config.build()
+    boxed = checkpoints.boxed_param_shapes(model_config)
+    param_shardings = partitioning.param_shardings(boxed, mesh, logical_axis_rules)
+    params_shape = meta.unbox(boxed)
+    temperature_shape = jax.eval_shape(lambda: train_step.initial_temperature(learn_temperature, temperature))
+    opt_shape = jax.eval_shape(optimizer.init, (params_shape, temperature_shape))
+    replicated = partitioning.replicated(mesh)
+    # Replicated optimizer state: cheap for Adafactor's O(rows + cols) statistics per matrix.
+    state_shardings = train_step.TrainState(
+        step=replicated,
+        params=param_shardings,
+        temperature=jax.tree.map(lambda _: replicated, temperature_shape),
+        opt_state=jax.tree.map(lambda _: replicated, opt_shape),
+    )
+    state_shape = train_step.TrainState(jax.ShapeDtypeStruct((), jnp.int32), params_shape, temperature_shape, opt_shape)
+    abstract_state = jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state_shape, state_shardings
+    )
+    update = train_step.make_update(model, optimizer, mesh, loss=loss, temperature=temperature, dropout_seed=seed,
+                                    grad_cache_chunk_size=grad_cache_chunk_size, logical_axis_rules=logical_axis_rules)
+    return StepBuilder(model, mesh, update, abstract_state, state_shardings, param_shardings)
 
 
 def _dry_run(update, abstract_state, input_fn, batch_size, seed, mesh, model_config):
