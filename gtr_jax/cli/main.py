@@ -19,12 +19,12 @@ from gtr_jax.train import host_memory  # noqa: E402  (imports no JAX)
 # back in from the kernel on every step (see host_memory).
 host_memory.retain_freed_memory_if_jax_runs_on_cpu()
 
-from gtr_jax.cli import analyze, compile, encode, evaluate, export, import_weights, metrics, train  # noqa: E402
+from gtr_jax.cli import analyze, compile, encode, evaluate, export, import_weights, metrics, mine, train  # noqa: E402
 from gtr_jax.cli.gin_flags import parse_gin, split_gin_flags  # noqa: E402, F401  (parse_gin: for tests and scripts)
 from gtr_jax.errors import UserError  # noqa: E402
 
 # In the order `gtr-jax --help` lists them.
-COMMANDS = (train, compile, import_weights, encode, export, evaluate, metrics, analyze)
+COMMANDS = (train, compile, import_weights, encode, export, evaluate, mine, metrics, analyze)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,4 +1,6 @@
-"""Quiet start-up: `gtr-jax` prints its own output, not TensorFlow's and XLA's start-up logs.
+"""Start-up of the commands: quiet logs, task registration, and jax.distributed for multi-process runs.
+
+Quiet start-up: `gtr-jax` prints its own output, not TensorFlow's and XLA's start-up logs.
 
 TensorFlow is here only to feed data (seqio) and to write TensorBoard files (clu). Its C++
 libraries log as they load: "oneDNN custom operations are on", "Could not find cuda
@@ -91,3 +93,23 @@ def register_tasks():
     """
     with native_logs_filtered():
         import tasks  # noqa: F401
+
+
+def add_distributed_arguments(parser):
+    """The flags of a multi-process run (`train`, `mine`): explicit coordinator, or Cloud TPU's environment."""
+    parser.add_argument("--coordinator_address", help="host:port of process 0, for multi-process runs off Cloud TPU")
+    parser.add_argument("--num_processes", type=int, help="number of processes (with --coordinator_address)")
+    parser.add_argument("--process_id", type=int, help="this process's index (with --coordinator_address)")
+    parser.add_argument("--multihost_tpu", action="store_true",
+                        help="initialize jax.distributed from the TPU environment")
+
+
+def initialize_distributed(args):
+    """jax.distributed for multi-process runs: explicit flags, or auto-detected on Cloud TPU."""
+    import jax
+
+    if args.coordinator_address:
+        jax.distributed.initialize(coordinator_address=args.coordinator_address, num_processes=args.num_processes,
+                                   process_id=args.process_id)
+    elif args.multihost_tpu:
+        jax.distributed.initialize()

@@ -139,11 +139,11 @@ def train_qidpidtriples(directory: str | None = None, bad_lines: str | None = No
     return Pairs(queries.column(), passages, query_pos, doc_pos, passages, negative_pos[:, None])
 
 
-def dev_eval_set(directory: str | None = None, bad_lines: str | None = None) -> EvalSet:
-    """queries.dev.small.tsv queries with a relevant passage, to rank over the whole collection."""
-    directory, bad = directory or msmarco_dir(), BadLines(bad_lines)
-    queries, collection, qrels_table, q, p, known = _judged(directory, "dev.small", bad)
-    bad.report("MS MARCO dev")
+def _eval_set(directory: str, split: str, bad_lines: str | None) -> EvalSet:
+    """queries.<split>.tsv queries with a relevant passage, to rank over the whole collection."""
+    bad = BadLines(bad_lines)
+    queries, collection, qrels_table, q, p, known = _judged(directory, split, bad)
+    bad.report(f"MS MARCO {split}")
     qids, pids, relevance = (qrels_table.ints[f][known] for f in ("qid", "pid", "relevance"))
     qrels: dict[str, dict[str, int]] = {}
     for qid, pid, rel in zip(qids.tolist(), pids.tolist(), relevance.tolist()):
@@ -157,3 +157,13 @@ def dev_eval_set(directory: str | None = None, bad_lines: str | None = None) -> 
         corpus.texts,
         {qid: docs for qid, docs in qrels.items() if any(r > 0 for r in docs.values())},
     )
+
+
+def dev_eval_set(directory: str | None = None, bad_lines: str | None = None) -> EvalSet:
+    """queries.dev.small.tsv queries with a relevant passage, to rank over the whole collection."""
+    return _eval_set(directory or msmarco_dir(), "dev.small", bad_lines)
+
+
+def train_eval_set(directory: str | None = None, bad_lines: str | None = None) -> EvalSet:
+    """queries.train.tsv queries with a relevant passage, over the whole collection: what `gtr-jax mine` mines."""
+    return _eval_set(directory or msmarco_dir(), "train", bad_lines)
