@@ -12,7 +12,7 @@ import os
 from gtr_jax.errors import UserError
 
 # Macros whose values are paths or names: a bare value is taken as a string.
-STRING_MACROS = ("MODEL_DIR", "INIT_CHECKPOINT", "MIXTURE_OR_TASK_NAME", "VOCABULARY")
+STRING_MACROS = ("MODEL_DIR", "INIT_CHECKPOINT", "MIXTURE_OR_TASK_NAME", "VOCABULARY", "NEGATIVES_FILE")
 # The shipped gin files: inside the package when installed from a wheel or `pip install .`
 # (setup.py copies them there), else the checkout's top-level gin/ (an editable install).
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
