@@ -148,8 +148,9 @@ def gtr_jax_command(command: str, *flags) -> None:
         raise RuntimeError(f"gtr-jax {command} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
 
 
-def train_gtr_jax(preset, task, loss, seed, run_dir, init_dir=None, log_every=50) -> dict:
-    """Train with `gtr-jax train`, rank the test set with `gtr-jax evaluate`; the run file and losses."""
+def train_gtr_jax(preset, task, loss, seed, run_dir, init_dir=None, log_every=50, extra_flags=()) -> dict:
+    """Train with `gtr-jax train` (EXTRA_FLAGS appended: gin files, bindings), rank the test set with
+    `gtr-jax evaluate`; the run file and losses."""
     start = time.perf_counter()
     size = [f"--gin.T5Config.{field}={getattr(preset, field)}" for field in ("d_model", "num_layers", "num_heads",
                                                                              "d_kv", "d_ff")]
@@ -164,7 +165,7 @@ def train_gtr_jax(preset, task, loss, seed, run_dir, init_dir=None, log_every=50
         f"--gin.ModelConfig.embed_dim={preset.embed_dim}", f"--gin.ModelConfig.query_max_length={preset.query_length}",
         f"--gin.ModelConfig.doc_max_length={preset.doc_length}", f"--gin.train.log_every={log_every}",
         f"--gin.train.checkpoint_every={preset.steps}", "--gin.train.progress=False",
-        *([f"--gin.INIT_CHECKPOINT={init_dir}"] if init_dir else []))
+        *([f"--gin.INIT_CHECKPOINT={init_dir}"] if init_dir else []), *extra_flags)
     train_seconds = time.perf_counter() - start
     eval_dir = os.path.join(run_dir, "eval")
     gtr_jax_command("evaluate", "--gin_file=eval/retrieval.gin", f"--gin.MODEL_DIR={run_dir}",
@@ -280,6 +281,11 @@ def score(run: dict, qrels: dict) -> dict:
     return {"mrr_10": mrr, "P_1": p1}
 
 
+def eval_qrels(task: Task) -> dict:
+    """The task's test qrels as {query id: {document id: relevance}}, ids as strings."""
+    return {_text(q): {_text(d): r for d, r in docs.items()} for q, docs in task.eval_set.qrels.items()}
+
+
 def previous_runs(results_path: str, task: str, preset: Preset, mode: str) -> list[dict]:
     """The runs an earlier invocation wrote for the same task, preset and mode (the
     benchmark resumes: runs take minutes to hours on a CPU), else none."""
@@ -369,7 +375,7 @@ def main(argv=None):
     results_path = args.results or os.path.join(ROOT, "bench", "results", name + ".json")
     os.makedirs(os.path.dirname(os.path.abspath(results_path)), exist_ok=True)
     task = load_task(args.task, os.path.abspath(args.workdir))
-    qrels = {_text(q): {_text(d): r for d, r in docs.items()} for q, docs in task.eval_set.qrels.items()}
+    qrels = eval_qrels(task)
     bm25 = score(bm25_run(task), qrels)
     results, curves = previous_runs(results_path, args.task, preset, args.mode), {}
     for seed in seeds:
