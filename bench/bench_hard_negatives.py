@@ -45,7 +45,7 @@ import statistics
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_quality import (PRESETS as QUALITY_PRESETS, ROOT, Preset, bm25_run, eval_qrels,  # noqa: E402
+from bench_quality import (PRESETS as QUALITY_PRESETS, ROOT, Preset, bm25_run, eval_qrels, with_steps,  # noqa: E402
                            gtr_jax_command, load_task, previous_runs, print_table, score, summarize, train_gtr_jax)
 
 PRESETS = {
@@ -138,9 +138,7 @@ def main(argv=None):
     parser.add_argument("--workdir", default="bench_hard_negatives_out", help="models, negatives and the pydocs data")
     parser.add_argument("--results", help="results JSON (default: bench/results/hard_negatives_<task>_<preset>.json)")
     args = parser.parse_args(argv)
-    preset = PRESETS[args.preset]
-    if args.steps:
-        preset = dataclasses.replace(preset, steps=args.steps, warmup_steps=min(preset.warmup_steps, args.steps // 6))
+    preset = with_steps(PRESETS[args.preset], args.steps)
     seeds, losses = [int(s) for s in args.seeds.split(",")], args.losses.split(",")
     settings = {"num_negatives": args.num_negatives, "rank_range": args.rank_range,
                 "max_score_ratio": args.max_score_ratio, "self_init": args.self_init}

@@ -131,6 +131,13 @@ def load_task(name: str, workdir: str) -> Task:
                 "beir_pydocs", msmarco.train_pairs(train_dir), beir.eval_set(test_dir, "test"))
 
 
+def with_steps(preset: Preset, steps: int | None) -> Preset:
+    """The preset, its steps overridden when given (warmup then at most a sixth of them)."""
+    if steps:
+        preset = dataclasses.replace(preset, steps=steps, warmup_steps=min(preset.warmup_steps, steps // 6))
+    return preset
+
+
 def encoder_config(preset: Preset, task: Task):
     """gtr_jax's T5Config of the preset (the peer builds the same model from it)."""
     from gtr_jax.model import t5
@@ -360,9 +367,7 @@ def main(argv=None):
     parser.add_argument("--workdir", default="bench_quality_out", help="model directories and the pydocs data")
     parser.add_argument("--results", help="results JSON (default: bench/results/quality_<task>_<preset>_<mode>.json)")
     args = parser.parse_args(argv)
-    preset = PRESETS[args.preset]
-    if args.steps:
-        preset = dataclasses.replace(preset, steps=args.steps, warmup_steps=min(preset.warmup_steps, args.steps // 6))
+    preset = with_steps(PRESETS[args.preset], args.steps)
     seeds, losses = [int(s) for s in args.seeds.split(",")], args.losses.split(",")
     systems = args.systems.split(",")
     same_init = args.mode in ("same_init", "controlled")

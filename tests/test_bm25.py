@@ -14,44 +14,11 @@ import pytrec_eval
 import Stemmer
 
 from data_files import jsonl, write
+from retrieval_case import BM25_CORPUS as CORPUS
 from gtr_jax.data.sources import beir
 from gtr_jax.eval import bm25
 from gtr_jax.cli import main as cli
 
-# Ids out of order, so that index order (descending id) is not insertion order. Ties: doc07 and
-# doc21 are the same text; doc03, doc26, doc11 and doc18 each hold "capital" once in 3 tokens.
-CORPUS = {
-    "doc12": "The quick brown fox jumps over the lazy dog.",
-    "doc05": "A quick brown dog runs in the park.",
-    "doc07": "The red fox hunts at night.",
-    "doc21": "The red fox hunts at night.",
-    "doc30": "Foxes and dogs are both mammals.",
-    "doc01": "Cats chase mice around the house.",
-    "doc16": "A cat sleeps on the warm mat.",
-    "doc09": "Mice eat cheese in the kitchen.",
-    "doc24": "The kitchen has a red door.",
-    "doc03": "Paris is the capital of France.",
-    "doc26": "Berlin is the capital of Germany.",
-    "doc11": "Rome is the capital of Italy.",
-    "doc18": "Madrid is the capital of Spain.",
-    "doc14": "The Seine flows through Paris.",
-    "doc28": "The Rhine flows through Germany.",
-    "doc02": "Running is good exercise for people.",
-    "doc19": "She runs every morning before work.",
-    "doc08": "He ran a marathon last year.",
-    "doc27": "Python is a programming language.",
-    "doc10": "Java is a programming language too.",
-    "doc22": "Programming in Python is fun.",
-    "doc04": "Snakes like the python live in jungles.",
-    "doc29": "Jungle animals include tigers and snakes.",
-    "doc15": "Tigers are large striped cats.",
-    "doc06": "Lions and tigers are big cats.",
-    "doc25": "The stock market fell sharply today.",
-    "doc13": "Markets rose after the announcement.",
-    "doc20": "Bread and cheese make a simple lunch.",
-    "doc17": "Lunch is served at noon in the kitchen.",
-    "doc23": "A dog is a loyal companion.",
-}
 QUERIES = [
     "red fox",  # doc07 and doc21 tie at the top
     "capital",  # four documents tie
