@@ -11,6 +11,7 @@ which also works when the mesh spans several processes. Corpora bigger than memo
 embedded shard by shard to .npy files (`embed_to_shards`) that search reads memory-mapped.
 """
 
+import contextlib
 import json
 import math
 import os
@@ -45,6 +46,53 @@ def bucket_length(length: int, max_length: int) -> int:
     return min(bucket, max_length)
 
 
+def param_shardings(model_config: dual_encoder.ModelConfig, mesh: jax.sharding.Mesh):
+    """Where encoding places a model's params on `mesh`: by the logical-axis rules, as in training."""
+    boxed = checkpoints.boxed_param_shapes(model_config)
+    return partitioning.param_shardings(boxed, mesh, partitioning.standard_logical_axis_rules())
+
+
+class EncodeStep:
+    """The jitted (params, tokens [batch, length], tower) -> unit embeddings step of a model.
+
+    What `TextEncoder` runs for `encode` and `evaluate`, and what `gtr-jax compile
+    --step=encode` lowers from abstract shapes. With a mesh, the tokens are split over
+    `data`, the embeddings come back replicated, and the model's activation constraints
+    become shardings under the mesh and the logical-axis rules when the step is traced.
+    """
+
+    def __init__(self, model: dual_encoder.DualEncoder, mesh: jax.sharding.Mesh | None = None):
+        self.mesh = mesh
+        self._jitted = jax.jit(
+            lambda params, tokens, tower: model.apply({"params": params}, tokens, tower,
+                                                      method=dual_encoder.DualEncoder.encode),
+            static_argnums=2,
+            out_shardings=partitioning.replicated(mesh) if mesh is not None else None,
+        )
+
+    def batch_rows(self, batch_size: int) -> int:
+        """`batch_size` rounded up so that every batch splits evenly over `data`."""
+        rows_multiple = self.mesh.shape[partitioning.DATA] if self.mesh is not None else 1
+        return rows_multiple * math.ceil(batch_size / rows_multiple)
+
+    def _tracing(self) -> contextlib.ExitStack:
+        stack = contextlib.ExitStack()
+        if self.mesh is not None:
+            stack.enter_context(jax.set_mesh(self.mesh))
+            stack.enter_context(nn.logical_axis_rules(partitioning.standard_logical_axis_rules()))
+        return stack
+
+    def __call__(self, params, tokens, tower: str) -> jax.Array:
+        """Embeddings [batch, embed_dim] of `tokens` (already placed, split over `data` with a mesh)."""
+        with self._tracing():
+            return self._jitted(params, tokens, tower)
+
+    def lower(self, params, tokens, tower: str):
+        """The step lowered for these (possibly abstract, sharded) arguments."""
+        with self._tracing():
+            return self._jitted.lower(params, tokens, tower)
+
+
 class TextEncoder:
     """A DualEncoder with its params and tokenizer, turning strings into unit vectors.
 
@@ -58,30 +106,20 @@ class TextEncoder:
         self.params = params
         self.tokenizer = tokenizer
         self.mesh = mesh
-        self._rows_multiple = mesh.shape[partitioning.DATA] if mesh is not None else 1
-        self._encode = jax.jit(
-            lambda params, tokens, tower: self.model.apply(
-                {"params": params}, tokens, tower, method=dual_encoder.DualEncoder.encode
-            ),
-            static_argnums=2,
-            out_shardings=partitioning.replicated(mesh) if mesh is not None else None,
-        )
+        self.step = EncodeStep(self.model, mesh)
 
     def embed_tokens(self, tokens: np.ndarray, tower: str) -> jax.Array:
         """Embeddings [batch, embed_dim] of a padded int32 token batch (split over `data` with a mesh)."""
-        if self.mesh is None:
-            return self._encode(self.params, tokens, tower)
-        sharding = partitioning.batch_sharding(self.mesh)
-        tokens = jax.make_array_from_callback(tokens.shape, sharding, lambda index: tokens[index])
-        # The mesh and rules turn the model's activation constraints into shardings when traced.
-        with jax.set_mesh(self.mesh), nn.logical_axis_rules(partitioning.standard_logical_axis_rules()):
-            return self._encode(self.params, tokens, tower)
+        if self.mesh is not None:
+            sharding = partitioning.batch_sharding(self.mesh)
+            tokens = jax.make_array_from_callback(tokens.shape, sharding, lambda index: tokens[index])
+        return self.step(self.params, tokens, tower)
 
     def embed_token_lists(self, token_lists: Sequence[Sequence[int]], tower: str, max_length: int, batch_size: int = 64,
                           bar: tqdm.tqdm | None = None) -> np.ndarray:
         """float32 [len(token_lists), embed_dim] embeddings of EOS-terminated id lists, in their order."""
         # With a mesh every batch splits evenly over `data`.
-        batch_size = self._rows_multiple * math.ceil(batch_size / self._rows_multiple)
+        batch_size = self.step.batch_rows(batch_size)
         order = np.argsort([-len(ids) for ids in token_lists], kind="stable")
         pending = []
         for start in range(0, len(order), batch_size):
@@ -179,9 +217,6 @@ def load_text_encoder(model_dir: str, step: int | None = None, vocab_path: str |
     With a mesh, params are placed by the logical-axis rules, as in training.
     """
     model_config = checkpoints.load_model_config(model_dir)
-    shardings = None
-    if mesh is not None:
-        boxed = checkpoints.boxed_param_shapes(model_config)
-        shardings = partitioning.param_shardings(boxed, mesh, partitioning.standard_logical_axis_rules())
+    shardings = param_shardings(model_config, mesh) if mesh is not None else None
     params, _ = checkpoints.restore_params(model_dir, step, shardings=shardings)
     return TextEncoder(model_config, params, Tokenizer(vocab_path or model_dir_vocabulary(model_dir)), mesh)

@@ -1,119 +1,34 @@
-"""Ahead-of-time compilation of the train step for a Cloud TPU slice, on a CPU host.
+"""Ahead-of-time compilation of the train and encode steps for a Cloud TPU slice, on a CPU host.
 
-`compile_train_step` builds the mesh from a TPU topology's devices (libtpu describes
-them without a TPU attached), builds the step with `trainer.build_step`, the function
-`train` itself uses, from abstract shapes only (no parameter is allocated, no data is
-read: the batch comes from TASK_FEATURE_LENGTHS and BATCH_SIZE), and compiles it with
-XLA's TPU compiler. The `Report` gives the per-device memory of that program against
-the chip's HBM; a program that does not fit raises a one-line UserError.
+`compile_train_step` builds the mesh from a TPU topology's devices (`tpu_chips`: libtpu
+describes them without a TPU attached), builds the step with `trainer.build_step`, the
+function `train` itself uses, from abstract shapes only (no parameter is allocated, no data
+is read: the batch comes from TASK_FEATURE_LENGTHS and BATCH_SIZE), and compiles it with
+XLA's TPU compiler. `compile_encode_step` does the same for `encoding.EncodeStep`, the
+step `encode` and `evaluate` run. The `Report` gives the program's per-device memory
+against the chip's HBM, its FLOPs as XLA counts them beside the model FLOPs counted from
+the shapes (`flops`), a roofline step time and the compile time; a program that does not
+fit raises `DoesNotFit`, a one-line UserError that carries the report.
 """
 
-import contextlib
 import copy
 import dataclasses
 import inspect
 import math
-import os
 import re
-import tempfile
 import time
 
 import gin
 import jax
 import jax.numpy as jnp
+from flax.core import meta
 
 from gtr_jax.data import features
 from gtr_jax.errors import UserError
-from gtr_jax.train import partitioning, trainer
-from gtr_jax.train.partitioning import DATA
-
-GIB = 2**30
-
-
-@dataclasses.dataclass(frozen=True)
-class Chip:
-    """A TPU generation: how libtpu names its topologies, and a chip's HBM and bf16 peak."""
-
-    topology_prefix: str
-    chip_config: str
-    chips_per_host_bounds: tuple[int, int, int]
-    # Chips of a slice -> its topology (the shapes Cloud TPU offers for that many chips).
-    shapes: dict
-    hbm_bytes: int
-    bf16_flops: float
-
-
-# HBM and bf16 peak per chip from Cloud TPU's system architecture pages:
-#   v4:  https://cloud.google.com/tpu/docs/v4  (32 GiB HBM2, 275 TFLOPs; megacore: one JAX device per chip)
-#   v5e: https://cloud.google.com/tpu/docs/v5e (16 GB HBM2, 197 TFLOPs; one TensorCore per chip)
-# Accelerator types name TensorCores for v4 (v4-8 is 4 chips) and chips for v5e (v5litepod-8 is 8 chips).
-CHIPS = {
-    "v4": Chip("v4", "megacore", (2, 2, 1),
-               {4: "2x2x1", 8: "2x2x2", 16: "2x2x4", 32: "2x4x4", 64: "4x4x4", 128: "4x4x8", 256: "4x8x8",
-                512: "8x8x8", 1024: "8x8x16", 2048: "8x16x16"},
-               32 * GIB, 275e12),
-    "v5e": Chip("v5e", "default", (2, 4, 1),
-                {8: "2x4", 16: "4x4", 32: "4x8", 64: "8x8", 128: "8x16", 256: "16x16"},
-                16 * GIB, 197e12),
-}
-_ACCELERATOR = re.compile(r"(v4|v5litepod|v5e)-(\d+)")
-
-
-@dataclasses.dataclass(frozen=True)
-class Slice:
-    """A parsed accelerator type: its chip kind, chips per slice and libtpu topology name."""
-
-    accelerator: str
-    chip: Chip
-    chips: int
-    topology_name: str
-
-
-def parse_accelerator(accelerator: str) -> Slice:
-    """`v4-128`, `v5litepod-256` (or `v5e-256`) as a Slice; a UserError names the ones supported."""
-    match = _ACCELERATOR.fullmatch(accelerator.strip())
-    supported = ", ".join([f"v4-{2 * n}" for n in CHIPS["v4"].shapes] + [f"v5litepod-{n}" for n in CHIPS["v5e"].shapes])
-    if not match:
-        raise UserError(f"--topology={accelerator}: not a TPU accelerator type this knows; one of {supported}")
-    kind, count = match.group(1), int(match.group(2))
-    chip = CHIPS["v4" if kind == "v4" else "v5e"]
-    chips = count // 2 if kind == "v4" else count
-    if chips not in chip.shapes or (kind == "v4" and count % 2):
-        raise UserError(f"--topology={accelerator}: no such slice; one of {supported}")
-    return Slice(accelerator, chip, chips, f"{chip.topology_prefix}:{chip.shapes[chips]}")
-
-
-@contextlib.contextmanager
-def _native_stderr_captured(sink: list):
-    """Keep what native code writes to stderr meanwhile (libtpu's warnings about a missing TPU) in `sink`."""
-    with tempfile.TemporaryFile() as captured:
-        saved = os.dup(2)
-        os.dup2(captured.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            captured.seek(0)
-            sink.append(captured.read().decode("utf-8", errors="replace"))
-
-
-def topology_devices(tpu: Slice, num_slices: int = 1) -> list:
-    """The devices of `num_slices` such slices, described by libtpu (no TPU needed)."""
-    from jax.experimental import topologies
-
-    chatter = []
-    try:
-        with _native_stderr_captured(chatter):
-            description = topologies.get_topology_desc(
-                platform="tpu", topology_name=tpu.topology_name, chip_config_name=tpu.chip.chip_config,
-                chips_per_host_bounds=tpu.chip.chips_per_host_bounds, num_slices=num_slices)
-    except ModuleNotFoundError as error:
-        raise UserError(f"compiling for TPU needs libtpu: pip install 'gtr-jax[tpu]' ({error})") from None
-    except Exception as error:  # libtpu raises bare XlaRuntimeErrors
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UserError(f"libtpu cannot describe {tpu.accelerator} ({tpu.topology_name}): {reason}") from None
-    return list(description.devices)
+from gtr_jax.eval import encoding
+from gtr_jax.train import checkpoints, flops, partitioning, trainer
+from gtr_jax.train.partitioning import DATA, MODEL
+from gtr_jax.train.tpu_chips import GIB, Slice, native_stderr_captured, parse_accelerator, topology_devices
 
 
 def configured_train_arguments(**overrides) -> dict:
@@ -130,9 +45,14 @@ def configured_train_arguments(**overrides) -> dict:
     return arguments
 
 
-def abstract_batch(batch_size: int, feature_lengths: dict, mesh, num_negatives: int = 0) -> dict:
+def feature_lengths() -> dict:
+    """The run's TASK_FEATURE_LENGTHS (`batch_iterator.feature_lengths`), defaults filled in."""
+    return {**features.DEFAULT_FEATURE_LENGTHS, **(gin.get_bindings("batch_iterator").get("feature_lengths") or {})}
+
+
+def abstract_batch(batch_size: int, lengths: dict, mesh, num_negatives: int = 0) -> dict:
     """The global batch `batch_iterator` would yield, as ShapeDtypeStructs sharded over `data`."""
-    lengths = {**features.DEFAULT_FEATURE_LENGTHS, **(feature_lengths or {})}
+    lengths = {**features.DEFAULT_FEATURE_LENGTHS, **(lengths or {})}
     shapes = {"query_tokens": (batch_size, lengths["query"]), "doc_tokens": (batch_size, lengths["doc"]),
               "query_ids": (batch_size,), "doc_ids": (batch_size,)}
     if num_negatives:
@@ -149,61 +69,106 @@ def per_device_bytes(tree) -> int:
 
 @dataclasses.dataclass
 class Report:
-    """The compiled train step's plan: per-device bytes against HBM, FLOPs and compile time."""
+    """A compiled step's plan: per-device bytes against HBM, FLOPs, a roofline step time, compile time.
 
+    FLOPs: `model_flops` is the whole step's (all devices) as `flops` counts them;
+    `xla_flops_per_device` is XLA's cost analysis of the compiled program, which is per
+    device (the SPMD-partitioned program) and includes recomputed forward passes, but
+    counts a loop's body once: with `scan_layers` it leaves out all layers but one, with
+    GradCache all chunks but one. The
+    roofline divides the model FLOPs by the slice's bf16 peak (`peak_flops_per_chip` × chips),
+    and by that peak × `mfu` (compute only: HBM bandwidth and collectives are left out). `temp_bytes`, `total_bytes` and `xla_flops_per_device` are None
+    where XLA refused the program without saying them.
+    """
+
+    step: str
     accelerator: str
     num_slices: int
     topology: str
     device_kind: str
     num_devices: int
     mesh: dict
+    settings: dict
     batch_size: int
+    lengths: dict
+    num_negatives: int
     num_parameters: int
     parameter_bytes: int
     optimizer_bytes: int
     batch_bytes: int
-    temp_bytes: int
-    total_bytes: int
+    output_bytes: int | None
+    temp_bytes: int | None
+    total_bytes: int | None
     hbm_bytes: int
-    flops: float
-    step_seconds_at_peak: float
+    xla_flops_per_device: float | None
+    model_flops: int
+    peak_flops_per_chip: float
+    mfu: float
     compile_seconds: float
 
     @property
     def fits(self) -> bool:
         """Whether the program's per-device memory fits the chip's HBM."""
-        return self.total_bytes <= self.hbm_bytes
+        return self.total_bytes is not None and self.total_bytes <= self.hbm_bytes
+
+    def seconds(self, mfu: float = 1.0) -> float:
+        """Roofline step time: the model FLOPs at `mfu` of the slice's bf16 peak."""
+        return self.model_flops / (self.num_devices * self.peak_flops_per_chip * mfu)
 
     def as_dict(self) -> dict:
-        """The report as JSON-ready fields, with `fits`."""
-        return {**dataclasses.asdict(self), "fits": self.fits}
+        """The report as JSON-ready fields, with `fits`, roofline times and examples/s."""
+        return {**dataclasses.asdict(self), "fits": self.fits,
+                "xla_flops": None if self.xla_flops_per_device is None else self.xla_flops_per_device * self.num_devices,
+                "step_seconds_at_peak": self.seconds(), "examples_per_second_at_peak": self.batch_size / self.seconds(),
+                "step_seconds_at_mfu": self.seconds(self.mfu),
+                "examples_per_second_at_mfu": self.batch_size / self.seconds(self.mfu)}
 
     def text(self) -> str:
         """A few human-readable lines."""
-        gib = lambda n: f"{n / GIB:8.3f} GiB"  # noqa: E731
-        rate = self.batch_size / self.step_seconds_at_peak if self.step_seconds_at_peak else float("nan")
+        gib = lambda n: "       ?" if n is None else f"{n / GIB:8.3f} GiB"  # noqa: E731
+        shapes = ", ".join(f"{tower} {length}" for tower, length in self.lengths.items())
+        plural = "" if self.num_negatives == 1 else "s"
+        negatives = f", {self.num_negatives} hard negative{plural}" if self.step == "train" else ""
+        memory = [("parameters", self.parameter_bytes), ("optimizer state", self.optimizer_bytes),
+                  ("batch", self.batch_bytes), ("outputs", self.output_bytes), ("XLA temporaries", self.temp_bytes)]
+        if self.step == "encode":
+            memory.pop(1)
+        loops = " and ".join(name for name, on in (("the scanned layers", self.settings["scan_layers"]),
+                                                   ("GradCache's chunks", self.settings["grad_cache_chunk_size"])) if on)
+        xla = ("XLA's count unknown" if self.xla_flops_per_device is None else
+               f"XLA's cost analysis {self.xla_flops_per_device * self.num_devices:.3e} "
+               f"({self.xla_flops_per_device:.3e} per device x {self.num_devices}"
+               f"{'; it counts a loop body once: ' + loops if loops else ''})")
+        rate = lambda mfu: f"{self.seconds(mfu) * 1e3:,.3f} ms, {self.batch_size / self.seconds(mfu):,.0f} examples/s"  # noqa: E731
         return "\n".join([
-            f"train step for {self.accelerator} x{self.num_slices} ({self.topology}, {self.num_devices} "
-            f"{self.device_kind} devices), mesh {self.mesh}, batch {self.batch_size}, "
+            f"{self.step} step for {self.accelerator} x{self.num_slices} ({self.topology}, {self.num_devices} "
+            f"{self.device_kind} devices), mesh {self.mesh}, batch {self.batch_size} ({shapes} tokens{negatives}), "
             f"{self.num_parameters:,} parameters",
             "per device:",
-            f"  parameters       {gib(self.parameter_bytes)}",
-            f"  optimizer state  {gib(self.optimizer_bytes)}",
-            f"  batch            {gib(self.batch_bytes)}",
-            f"  XLA temporaries  {gib(self.temp_bytes)}",
-            f"  total            {gib(self.total_bytes)} of {self.hbm_bytes / GIB:.0f} GiB HBM "
+            *(f"  {name:<17}{gib(size)}" for name, size in memory),
+            f"  {'total':<17}{gib(self.total_bytes)} of {self.hbm_bytes / GIB:.0f} GiB HBM "
             f"({'fits' if self.fits else 'does not fit'})",
-            f"compiled FLOPs per device per step: {self.flops:.3e}; at the chip's bf16 peak a step takes "
-            f"{self.step_seconds_at_peak * 1e3:.3f} ms ({rate:,.0f} examples/s)",
+            f"FLOPs per step: model {self.model_flops:.3e} (gtr_jax.train.flops), {xla}",
+            f"roofline at the chip's bf16 peak ({self.peak_flops_per_chip / 1e12:.0f} TFLOP/s): {rate(1.0)}; "
+            f"at {self.mfu:.0%} MFU (--mfu): {rate(self.mfu)}",
             f"compiled in {self.compile_seconds:.1f} s",
         ])
 
 
-def compile_train_step(accelerator: str, num_slices: int = 1, num_negatives: int = 0) -> Report:
+class DoesNotFit(UserError):
+    """The compiled step needs more memory per device than the chip's HBM; `report` says how much."""
+
+    def __init__(self, message: str, report: Report):
+        super().__init__(message)
+        self.report = report
+
+
+def compile_train_step(accelerator: str, num_slices: int = 1, num_negatives: int = 0, mfu: float = 0.5) -> Report:
     """Compile the gin-configured run's train step for `num_slices` slices of `accelerator`; its Report.
 
-    Raises a one-line UserError when the program does not fit the chip's HBM.
+    Raises DoesNotFit when the program does not fit the chip's HBM.
     """
+    _check_mfu(mfu)
     tpu = parse_accelerator(accelerator)
     devices = topology_devices(tpu, num_slices)
     mesh = partitioning.make_mesh(devices=devices)
@@ -211,41 +176,103 @@ def compile_train_step(accelerator: str, num_slices: int = 1, num_negatives: int
     if arguments["logical_axis_rules"] is None:
         arguments["logical_axis_rules"] = partitioning.standard_logical_axis_rules(fsdp=False)
     builder = trainer.build_step(mesh=mesh, **arguments)
-    feature_lengths = gin.get_bindings("batch_iterator").get("feature_lengths")
-    batch = abstract_batch(arguments["batch_size"], feature_lengths, mesh, num_negatives)
+    lengths = feature_lengths()
+    batch = abstract_batch(arguments["batch_size"], lengths, mesh, num_negatives)
     state = builder.abstract_state
-    breakdown = {"parameters": per_device_bytes(state.params),
-                 "optimizer state": per_device_bytes((state.opt_state, state.temperature, state.step)),
-                 "batch": per_device_bytes(batch)}
+    model_config = arguments["model_config"]
+    fields = dict(
+        step="train", batch_size=arguments["batch_size"], lengths={"query": lengths["query"], "doc": lengths["doc"]},
+        num_negatives=num_negatives, num_parameters=sum(x.size for x in jax.tree.leaves(state.params)),
+        parameter_bytes=per_device_bytes(state.params),
+        optimizer_bytes=per_device_bytes((state.opt_state, state.temperature, state.step)),
+        batch_bytes=per_device_bytes(batch),
+        model_flops=flops.train_step_flops(model_config, arguments["batch_size"], lengths, num_negatives,
+                                           arguments["loss"]),
+        settings=_settings(model_config, arguments["logical_axis_rules"], arguments["grad_cache_chunk_size"]))
+    return _compile(lambda: builder.lower(batch), tpu, num_slices, devices, mesh, fields, mfu)
+
+
+def compile_encode_step(accelerator: str, num_slices: int = 1, batch_size: int = 64, tower: str = "doc",
+                        max_length: int | None = None, mfu: float = 0.5) -> Report:
+    """Compile the encode step `encode`/`evaluate` run, for the gin-configured model, tower and batch; its Report.
+
+    The batch is `batch_size` rounded up to the data-parallel size, as encoding does, of
+    `max_length` tokens (default: the model's length for the tower, the longest bucket).
+    Raises DoesNotFit when the program does not fit the chip's HBM.
+    """
+    _check_mfu(mfu)
+    if tower not in ("query", "doc"):
+        raise UserError(f"--tower={tower}: 'query' or 'doc'")
+    tpu = parse_accelerator(accelerator)
+    devices = topology_devices(tpu, num_slices)
+    mesh = partitioning.make_mesh(devices=devices)
+    model_config = configured_train_arguments()["model_config"]
+    length = max_length or model_config.max_length(tower)
+    step, params, tokens = encode_arguments(model_config, mesh, batch_size, length)
+    rows = tokens.shape[0]
+    fields = dict(
+        step="encode", batch_size=rows, lengths={tower: length}, num_negatives=0,
+        num_parameters=sum(x.size for x in jax.tree.leaves(params)), parameter_bytes=per_device_bytes(params),
+        optimizer_bytes=0, batch_bytes=per_device_bytes(tokens),
+        model_flops=flops.encode_step_flops(model_config, rows, length),
+        settings=_settings(model_config, partitioning.standard_logical_axis_rules(), None))
+    return _compile(lambda: step.lower(params, tokens, tower), tpu, num_slices, devices, mesh, fields, mfu)
+
+
+def _check_mfu(mfu: float):
+    if not 0 < mfu <= 1:
+        raise UserError(f"--mfu={mfu}: a fraction in (0, 1]")
+
+
+def encode_arguments(model_config, mesh, batch_size: int, length: int):
+    """(EncodeStep, abstract params, abstract tokens) of an encode batch on `mesh`, placed as encoding places them."""
+    step = encoding.EncodeStep(model_config.build(), mesh)
+    params = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                          meta.unbox(checkpoints.boxed_param_shapes(model_config)),
+                          encoding.param_shardings(model_config, mesh))
+    tokens = jax.ShapeDtypeStruct((step.batch_rows(batch_size), length), jnp.int32,
+                                  sharding=partitioning.batch_sharding(mesh))
+    return step, params, tokens
+
+
+def _settings(model_config, rules, grad_cache_chunk_size) -> dict:
+    """The knobs that move memory and time, as the report states them."""
+    encoder = model_config.encoder
+    return {"tower": model_config.tower, "dtype": encoder.dtype, "remat": encoder.remat,
+            "scan_layers": encoder.scan_layers, "fsdp": dict(rules).get("embed") == DATA,
+            "grad_cache_chunk_size": grad_cache_chunk_size}
+
+
+def _compile(lower, tpu: Slice, num_slices: int, devices, mesh, fields: dict, mfu: float) -> Report:
+    """Lower and compile with XLA's TPU compiler; the Report, or DoesNotFit."""
+    report = Report(accelerator=tpu.accelerator, num_slices=num_slices, topology=tpu.topology_name,
+                    device_kind=devices[0].device_kind, num_devices=len(devices), mesh=dict(mesh.shape),
+                    hbm_bytes=tpu.chip.hbm_bytes, peak_flops_per_chip=tpu.chip.bf16_flops, mfu=mfu,
+                    output_bytes=None, temp_bytes=None, total_bytes=None, xla_flops_per_device=None,
+                    compile_seconds=0.0, **fields)
     start = time.perf_counter()
     chatter = []
     try:
-        with _native_stderr_captured(chatter):
-            compiled = builder.lower(batch).compile()
+        with native_stderr_captured(chatter):
+            compiled = lower().compile()
     except Exception as error:  # XLA's TPU compiler refuses a program over HBM at compile time
         message = str(error)
         if "RESOURCE_EXHAUSTED" not in message and "Ran out of memory" not in message:
             raise
-        _raise_does_not_fit(tpu, num_slices, mesh, breakdown, message)
-
-    seconds = time.perf_counter() - start
+        report.compile_seconds = time.perf_counter() - start
+        missing, report.temp_bytes = _parse_out_of_memory(message)
+        report.total_bytes = None if missing is None else int(report.hbm_bytes + missing)
+        _raise_does_not_fit(report, missing)
+    report.compile_seconds = time.perf_counter() - start
     memory = compiled.memory_analysis()
-    total = (memory.argument_size_in_bytes + memory.output_size_in_bytes - memory.alias_size_in_bytes
-             + memory.temp_size_in_bytes)
+    report.output_bytes = memory.output_size_in_bytes - memory.alias_size_in_bytes
+    report.temp_bytes = memory.temp_size_in_bytes
+    report.total_bytes = memory.argument_size_in_bytes + report.output_bytes + memory.temp_size_in_bytes
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    flops = float((cost or {}).get("flops", 0.0))
-    report = Report(
-        accelerator=tpu.accelerator, num_slices=num_slices, topology=tpu.topology_name,
-        device_kind=devices[0].device_kind, num_devices=len(devices), mesh=dict(mesh.shape),
-        batch_size=arguments["batch_size"], num_parameters=sum(x.size for x in jax.tree.leaves(state.params)),
-        parameter_bytes=breakdown["parameters"], optimizer_bytes=breakdown["optimizer state"],
-        batch_bytes=breakdown["batch"], temp_bytes=memory.temp_size_in_bytes, total_bytes=total,
-        hbm_bytes=tpu.chip.hbm_bytes, flops=flops, step_seconds_at_peak=flops / tpu.chip.bf16_flops,
-        compile_seconds=seconds)
+    report.xla_flops_per_device = float((cost or {}).get("flops", 0.0))
     if not report.fits:
-        _raise_does_not_fit(tpu, num_slices, mesh, {**breakdown, "XLA temporaries": memory.temp_size_in_bytes},
-                            f"Exceeded hbm capacity by {total - tpu.chip.hbm_bytes}")
+        _raise_does_not_fit(report, report.total_bytes - report.hbm_bytes)
     return report
 
 
@@ -257,27 +284,37 @@ def _bytes(number: str, unit: str) -> float:
     return float(number) * _UNITS[unit]
 
 
-def _parse_out_of_memory(message: str) -> tuple[float | None, float | None]:
+def _parse_out_of_memory(message: str) -> tuple[float | None, int | None]:
     """(bytes missing, bytes of temporaries) from XLA's TPU out-of-memory message, None where not stated."""
     required = re.search(r"required for HLO temporaries \(" + _SIZE + r"\) exceeds available HBM \(" + _SIZE + r"\)",
                          message)
     if required:
         temporaries = _bytes(*required.group(1, 2))
-        return temporaries - _bytes(*required.group(3, 4)), temporaries
+        return temporaries - _bytes(*required.group(3, 4)), int(temporaries)
     exceeded = re.search(r"[Ee]xceeded \w+ capacity by " + _SIZE, message)
     return (_bytes(*exceeded.group(1, 2)) if exceeded else None), None
 
 
-def _raise_does_not_fit(tpu: Slice, num_slices: int, mesh, breakdown: dict, message: str):
-    """One line: how much is missing per device, the biggest contributors, and the knobs that exist."""
-    missing, temporaries = _parse_out_of_memory(message)
-    if temporaries is not None:
-        breakdown = {**breakdown, "XLA temporaries": temporaries}
-    missing = f"{missing / GIB:.2f} GiB" if missing is not None else "an unknown amount"
+def _raise_does_not_fit(report: Report, missing: float | None):
+    """One line: how much is missing per device, the biggest contributors, and the knobs not yet used."""
+    parts = {"parameters": report.parameter_bytes, "optimizer state": report.optimizer_bytes,
+             "batch": report.batch_bytes, "outputs": report.output_bytes, "XLA temporaries": report.temp_bytes}
     biggest = ", ".join(f"{name} {size / GIB:.2f} GiB" for name, size in
-                        sorted(breakdown.items(), key=lambda item: -item[1])[:3])
-    fsdp = "" if mesh.shape[DATA] == 1 else "--gin.standard_logical_axis_rules.fsdp=True, "
-    raise UserError(
-        f"the train step does not fit {tpu.accelerator} x{num_slices} ({tpu.chip.hbm_bytes / GIB:.0f} GiB HBM per "
-        f"device): {missing} missing per device; biggest: {biggest}; try {fsdp}--gin.T5Config.remat=True, "
-        f"--gin.T5Config.scan_layers=True, --gin.train.grad_cache_chunk_size=N, a smaller BATCH_SIZE or a bigger slice")
+                        sorted(((n, s) for n, s in parts.items() if s), key=lambda item: -item[1])[:3])
+    settings, knobs = report.settings, []
+    if not settings["fsdp"] and report.mesh[DATA] > 1:
+        knobs.append("--gin.standard_logical_axis_rules.fsdp=True")
+    if report.mesh[MODEL] == 1:
+        knobs.append("--gin.make_mesh.mesh_shape='(-1,N)' (N-way model parallelism)")
+    if report.step == "train":
+        knobs += [f"--gin.T5Config.{knob}=True" for knob in ("remat", "scan_layers") if not settings[knob]]
+        if settings["grad_cache_chunk_size"] is None:
+            knobs.append("--gin.train.grad_cache_chunk_size=N")
+        knobs.append("a smaller BATCH_SIZE")
+    else:
+        knobs.append("a smaller --encode_batch_size")
+    amount = "an unknown amount" if missing is None else f"{missing / GIB:.2f} GiB"
+    raise DoesNotFit(
+        f"the {report.step} step does not fit {report.accelerator} x{report.num_slices} "
+        f"({report.hbm_bytes / GIB:.0f} GiB HBM per device): {amount} missing per device; biggest: {biggest}; "
+        f"try {', '.join(knobs)} or a bigger slice", report)
