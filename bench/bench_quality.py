@@ -47,6 +47,9 @@ import numpy as np
 os.environ.setdefault("USE_TF", "0")
 os.environ.setdefault("USE_FLAX", "0")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# Both trainers run on the CPU: with libtpu installed (the test extras) an import here would
+# otherwise probe for a TPU and print libtpu's warnings.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import quality_peer  # noqa: E402
 
