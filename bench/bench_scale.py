@@ -272,7 +272,7 @@ def table(results) -> str:
                 label = f"{batch:,}" + (f" (GradCache {GRAD_CACHE_CHUNK})" if batch == GRAD_CACHE_BATCH else "")
                 lines.append("| " + " | ".join([name, towers, label, f"{step_flops / 1e12:,.0f}", *cells]) + " |")
     setups = [("SamToNe (ADE-SPL, batch 512)", "ade_spl", 512, ("t5_1_1_base", "t5_1_1_large", "t5_1_1_xxl")),
-              ("GTR (SDE, batch 2048)", "sde", 2048, tuple(MODELS))]
+              ("GTR-style (SDE, batch 2048)", "sde", 2048, tuple(MODELS))]
     lines += ["", "Smallest slice of each chip kind the plain step fits on, as compiled:", ""]
     for title, architecture, batch, models in setups:
         for model in models:
