@@ -46,7 +46,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_quality import (PRESETS as QUALITY_PRESETS, ROOT, Preset, bm25_run, eval_qrels, with_steps,  # noqa: E402
-                           gtr_jax_command, load_task, previous_runs, print_table, score, summarize, train_gtr_jax)
+                           gtr_jax_command, load_task, previous_results, print_table, score, summarize, train_gtr_jax)
 
 PRESETS = {
     **QUALITY_PRESETS,
@@ -151,10 +151,8 @@ def main(argv=None):
     qrels = eval_qrels(task)
     bm25 = score(bm25_run(task), qrels)
     # The mining summaries are kept with the runs they belong to.
-    results, minings = previous_runs(results_path, args.task, preset, settings), []
-    if results:
-        with open(results_path) as f:
-            minings = json.load(f)["mining"]
+    previous = previous_results(results_path, args.task, preset, settings)
+    results, minings = previous.get("runs", []), previous.get("mining", [])
 
     def record(outcome: dict | None = None, mining: dict | None = None) -> None:
         """Add (or replace) a run's outcome or a mining summary, and rewrite the results JSON."""

@@ -47,8 +47,8 @@ import numpy as np
 os.environ.setdefault("USE_TF", "0")
 os.environ.setdefault("USE_FLAX", "0")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-# Both trainers run on the CPU: with libtpu installed (the test extras) an import here would
-# otherwise probe for a TPU and print libtpu's warnings.
+# Everything here computes on the CPU. With libtpu installed (the test extras) JAX would
+# otherwise initialise it, and its warnings about a missing TPU reached this output.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import quality_peer  # noqa: E402
@@ -296,15 +296,15 @@ def eval_qrels(task: Task) -> dict:
     return {_text(q): {_text(d): r for d, r in docs.items()} for q, docs in task.eval_set.qrels.items()}
 
 
-def previous_runs(results_path: str, task: str, preset: Preset, mode: str) -> list[dict]:
-    """The runs an earlier invocation wrote for the same task, preset and mode (the
-    benchmark resumes: runs take minutes to hours on a CPU), else none."""
+def previous_results(results_path: str, task: str, preset: Preset, mode) -> dict:
+    """The results an earlier invocation wrote for the same task, preset and mode (the
+    benchmark resumes: runs take minutes to hours on a CPU), else {}."""
     if not os.path.exists(results_path):
-        return []
+        return {}
     with open(results_path) as f:
         previous = json.load(f)
     same = (previous["task"], previous["preset"], previous["mode"]) == (task, dataclasses.asdict(preset), mode)
-    return previous["runs"] if same else []
+    return previous if same else {}
 
 
 def parting_step(ours, theirs) -> int | None:
@@ -385,7 +385,7 @@ def main(argv=None):
     task = load_task(args.task, os.path.abspath(args.workdir))
     qrels = eval_qrels(task)
     bm25 = score(bm25_run(task), qrels)
-    results, curves = previous_runs(results_path, args.task, preset, args.mode), {}
+    results, curves = previous_results(results_path, args.task, preset, args.mode).get("runs", []), {}
     for seed in seeds:
         for loss in losses:
             run_dir = os.path.join(workdir, f"{loss}_seed{seed}")

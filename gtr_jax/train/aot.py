@@ -28,7 +28,7 @@ from gtr_jax.errors import UserError
 from gtr_jax.eval import encoding
 from gtr_jax.train import checkpoints, flops, partitioning, trainer
 from gtr_jax.train.partitioning import DATA, MODEL
-from gtr_jax.train.tpu_chips import GIB, Slice, native_stderr_captured, parse_accelerator, topology_devices
+from gtr_jax.train.tpu_chips import GIB, Slice, native_stderr_silenced, parse_accelerator, topology_devices
 
 
 def configured_train_arguments(**overrides) -> dict:
@@ -75,10 +75,10 @@ class Report:
     `xla_flops_per_device` is XLA's cost analysis of the compiled program, which is per
     device (the SPMD-partitioned program) and includes recomputed forward passes, but
     counts a loop's body once: with `scan_layers` it leaves out all layers but one, with
-    GradCache all chunks but one. The
-    roofline divides the model FLOPs by the slice's bf16 peak (`peak_flops_per_chip` × chips),
-    and by that peak × `mfu` (compute only: HBM bandwidth and collectives are left out). `temp_bytes`, `total_bytes` and `xla_flops_per_device` are None
-    where XLA refused the program without saying them.
+    GradCache all chunks but one. The roofline divides the model FLOPs by the slice's bf16
+    peak (`peak_flops_per_chip` × chips), and by that peak × `mfu` (compute only: HBM
+    bandwidth and collectives are left out). `temp_bytes`, `total_bytes` and
+    `xla_flops_per_device` are None where XLA refused the program without saying them.
     """
 
     step: str
@@ -118,7 +118,8 @@ class Report:
     def as_dict(self) -> dict:
         """The report as JSON-ready fields, with `fits`, roofline times and examples/s."""
         return {**dataclasses.asdict(self), "fits": self.fits,
-                "xla_flops": None if self.xla_flops_per_device is None else self.xla_flops_per_device * self.num_devices,
+                "xla_flops": (None if self.xla_flops_per_device is None
+                              else self.xla_flops_per_device * self.num_devices),
                 "step_seconds_at_peak": self.seconds(), "examples_per_second_at_peak": self.batch_size / self.seconds(),
                 "step_seconds_at_mfu": self.seconds(self.mfu),
                 "examples_per_second_at_mfu": self.batch_size / self.seconds(self.mfu)}
@@ -131,15 +132,18 @@ class Report:
         negatives = f", {self.num_negatives} hard negative{plural}" if self.step == "train" else ""
         memory = [("parameters", self.parameter_bytes), ("optimizer state", self.optimizer_bytes),
                   ("batch", self.batch_bytes), ("outputs", self.output_bytes), ("XLA temporaries", self.temp_bytes)]
-        if self.step == "encode":
-            memory.pop(1)
+        if self.step == "encode":  # an encode step holds no optimizer state
+            memory = [(name, size) for name, size in memory if name != "optimizer state"]
         loops = " and ".join(name for name, on in (("the scanned layers", self.settings["scan_layers"]),
                                                    ("GradCache's chunks", self.settings["grad_cache_chunk_size"])) if on)
         xla = ("XLA's count unknown" if self.xla_flops_per_device is None else
                f"XLA's cost analysis {self.xla_flops_per_device * self.num_devices:.3e} "
                f"({self.xla_flops_per_device:.3e} per device x {self.num_devices}"
                f"{'; it counts a loop body once: ' + loops if loops else ''})")
-        rate = lambda mfu: f"{self.seconds(mfu) * 1e3:,.3f} ms, {self.batch_size / self.seconds(mfu):,.0f} examples/s"  # noqa: E731
+
+        def rate(mfu):
+            return f"{self.seconds(mfu) * 1e3:,.3f} ms, {self.batch_size / self.seconds(mfu):,.0f} examples/s"
+
         return "\n".join([
             f"{self.step} step for {self.accelerator} x{self.num_slices} ({self.topology}, {self.num_devices} "
             f"{self.device_kind} devices), mesh {self.mesh}, batch {self.batch_size} ({shapes} tokens{negatives}), "
@@ -251,9 +255,8 @@ def _compile(lower, tpu: Slice, num_slices: int, devices, mesh, fields: dict, mf
                     output_bytes=None, temp_bytes=None, total_bytes=None, xla_flops_per_device=None,
                     compile_seconds=0.0, **fields)
     start = time.perf_counter()
-    chatter = []
     try:
-        with native_stderr_captured(chatter):
+        with native_stderr_silenced():
             compiled = lower().compile()
     except Exception as error:  # XLA's TPU compiler refuses a program over HBM at compile time
         message = str(error)

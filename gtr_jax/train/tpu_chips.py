@@ -10,7 +10,6 @@ import contextlib
 import dataclasses
 import os
 import re
-import tempfile
 
 from gtr_jax.errors import UserError
 
@@ -86,18 +85,16 @@ def parse_accelerator(accelerator: str) -> Slice:
 
 
 @contextlib.contextmanager
-def native_stderr_captured(sink: list):
-    """Keep what native code writes to stderr meanwhile (libtpu's warnings about a missing TPU) in `sink`."""
-    with tempfile.TemporaryFile() as captured:
-        saved = os.dup(2)
-        os.dup2(captured.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            captured.seek(0)
-            sink.append(captured.read().decode("utf-8", errors="replace"))
+def native_stderr_silenced():
+    """Drop what native code writes to stderr meanwhile (libtpu's warnings about a missing TPU)."""
+    saved = os.dup(2)
+    with open(os.devnull, "wb") as devnull:
+        os.dup2(devnull.fileno(), 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def topology_devices(tpu: Slice, num_slices: int = 1) -> list:
@@ -107,9 +104,8 @@ def topology_devices(tpu: Slice, num_slices: int = 1) -> list:
     # libtpu takes a host-wide lock file by default, which would make a second compile on
     # this host (a test, a benchmark) fail while one runs; nothing here opens a TPU.
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
-    chatter = []
     try:
-        with native_stderr_captured(chatter):
+        with native_stderr_silenced():
             description = topologies.get_topology_desc(
                 platform="tpu", topology_name=tpu.topology_name, chip_config_name=tpu.chip.chip_config,
                 chips_per_host_bounds=tpu.host_bounds(), num_slices=num_slices)
