@@ -240,8 +240,11 @@ def train_peer(preset, task, loss, seed, run_dir, same_batches=False) -> tuple[d
     optimizer, scheduler = quality_peer.make_optimizer(model, base_learning_rate=preset.learning_rate,
                                                        warmup_steps=preset.warmup_steps, total_steps=preset.steps)
     loss_fn = quality_peer.make_loss(model, loss, preset.temperature)
+    # Every batch is built before the clock starts: train_seconds times the peer's steps only, and
+    # gtr_jax's tf.data pipeline (same_batches) is closed before torch trains beside it.
+    batches = list(peer_batches(preset, task, seed, same_batches))
     start, losses = time.perf_counter(), []
-    for step, (queries, docs) in enumerate(peer_batches(preset, task, seed, same_batches), 1):
+    for step, (queries, docs) in enumerate(batches, 1):
         losses.append((step, quality_peer.train_step(model, loss_fn, optimizer, scheduler, queries, docs)))
     train_seconds = time.perf_counter() - start
     tokenizer = shared_tokenizer(task.vocabulary)
