@@ -226,8 +226,8 @@ def peer_batches(preset, task, seed, same_batches):
         yield token_arrays(tokenizer, queries, preset.query_length), token_arrays(tokenizer, docs, preset.doc_length)
 
 
-def train_peer(preset, task, loss, seed, run_dir, same_batches=False) -> tuple[dict, str]:
-    """Train the peer; rank the test set. Returns (result, the model's init directory)."""
+def train_peer(preset, task, loss, seed, run_dir, same_batches=False) -> dict:
+    """Train the peer; rank the test set. Its initial weights are saved under RUN_DIR/init."""
     import torch
 
     from gtr_jax.data.vocab import shared_tokenizer
@@ -255,7 +255,7 @@ def train_peer(preset, task, loss, seed, run_dir, same_batches=False) -> tuple[d
     top = np.argsort(-scores, axis=1, kind="stable")[:, :TOP_K]
     run = {_text(q): {_text(evaluation.doc_ids[j]): float(scores[i, j]) for j in top[i]}
            for i, q in enumerate(evaluation.query_ids)}
-    return {"run": run, "losses": losses, "train_seconds": train_seconds}, os.path.join(run_dir, "init")
+    return {"run": run, "losses": losses, "train_seconds": train_seconds}
 
 
 def bm25_run(task) -> dict:
@@ -389,41 +389,46 @@ def main(argv=None):
     qrels = eval_qrels(task)
     bm25 = score(bm25_run(task), qrels)
     results, curves = previous_results(results_path, args.task, preset, args.mode).get("runs", []), {}
+
+    def save():
+        with open(results_path, "w") as f:
+            json.dump({"task": args.task, "preset": dataclasses.asdict(preset), "mode": args.mode,
+                       "bm25": bm25, "runs": results, "summary": summarize(results)}, f, indent=1)
+
     for seed in seeds:
         for loss in losses:
             run_dir = os.path.join(workdir, f"{loss}_seed{seed}")
-            done = [r for r in results if (r["seed"], r["loss"]) == (seed, loss) and r["system"] in systems]
-            if {r["system"] for r in done} == set(systems):
-                print(f"{loss} seed {seed}: results kept from an earlier run of this benchmark")
-                if args.mode == "controlled":
-                    curves[f"{loss}, seed {seed}"] = {r["system"]: r["losses"] for r in done}
-                continue
-            results = [r for r in results if r not in done]
-            by_system = {}
-            if "peer" in systems:
-                by_system["peer"], init_dir = train_peer(preset, task, loss, seed, os.path.join(run_dir, "peer"),
-                                                         same_batches)
-            if "gtr_jax" in systems:
-                init = None
-                if same_init:
-                    init = os.path.join(run_dir, "gtr_jax_init")
-                    gtr_jax_command("import", "--from=sentence-transformers", init_dir, f"--output={init}",
-                                    "--overwrite")
-                by_system["gtr_jax"] = train_gtr_jax(preset, task, loss, seed, os.path.join(run_dir, "gtr_jax"),
-                                                     init, log_every=1 if args.mode == "controlled" else 50)
-            for system, outcome in by_system.items():
-                results.append({"system": system, "loss": loss, "seed": seed, **score(outcome["run"], qrels),
-                                "train_seconds": outcome["train_seconds"], "losses": outcome["losses"]})
-                print(f"{system} {loss} seed {seed}: " + json.dumps({k: round(v, 4) for k, v in results[-1].items()
+            # Each system's result is saved as soon as it is scored, so a killed benchmark resumes
+            # after the last finished run (one run takes up to an hour on a busy CPU).
+            done = {r["system"]: r for r in results if (r["seed"], r["loss"]) == (seed, loss) and r["system"] in systems}
+            for system in ("peer", "gtr_jax"):  # the peer first: same_init starts gtr_jax from the peer's init
+                if system not in systems:
+                    continue
+                if system in done:
+                    print(f"{system} {loss} seed {seed}: kept from an earlier run of this benchmark")
+                    continue
+                if system == "peer":
+                    outcome = train_peer(preset, task, loss, seed, os.path.join(run_dir, "peer"), same_batches)
+                else:
+                    init = None
+                    if same_init:
+                        init = os.path.join(run_dir, "gtr_jax_init")
+                        gtr_jax_command("import", "--from=sentence-transformers", os.path.join(run_dir, "peer", "init"),
+                                        f"--output={init}", "--overwrite")
+                    outcome = train_gtr_jax(preset, task, loss, seed, os.path.join(run_dir, "gtr_jax"), init,
+                                            log_every=1 if args.mode == "controlled" else 50)
+                done[system] = {"system": system, "loss": loss, "seed": seed, **score(outcome["run"], qrels),
+                                "train_seconds": outcome["train_seconds"], "losses": outcome["losses"]}
+                results.append(done[system])
+                print(f"{system} {loss} seed {seed}: " + json.dumps({k: round(v, 4) for k, v in done[system].items()
                                                                     if k in ("mrr_10", "P_1", "train_seconds")}),
                       flush=True)
+                save()
             if args.mode == "controlled":
-                curves[f"{loss}, seed {seed}"] = {s: o["losses"] for s, o in by_system.items()}
-                results[-1]["parting_step"] = parting_step(by_system["gtr_jax"]["losses"], by_system["peer"]["losses"])
-                print(f"  loss curves part (>{PART_THRESHOLD:.0%}) at step {results[-1]['parting_step']}")
-            with open(results_path, "w") as f:
-                json.dump({"task": args.task, "preset": dataclasses.asdict(preset), "mode": args.mode,
-                           "bm25": bm25, "runs": results, "summary": summarize(results)}, f, indent=1)
+                curves[f"{loss}, seed {seed}"] = {s: r["losses"] for s, r in done.items()}
+                done["gtr_jax"]["parting_step"] = parting_step(done["gtr_jax"]["losses"], done["peer"]["losses"])
+                print(f"  loss curves part (>{PART_THRESHOLD:.0%}) at step {done['gtr_jax']['parting_step']}")
+                save()
     if curves:
         plot_curves(curves, os.path.splitext(results_path)[0] + "_loss_curves.png")
     print(f"\n{args.task}, preset {args.preset} ({preset.steps} steps), mode {args.mode}:")
