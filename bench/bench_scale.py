@@ -23,7 +23,7 @@ attempt is recorded.
 Results go to bench/results/scale_tpu.json after every compile; a rerun skips the attempts
 already there (resumable; kill it any time). Cells run in priority order: first those that
 decide the smallest slice of each row (the smaller slice of each chip kind, then the bigger
-one only where the smaller does not fit), then the rest. After every compile the table in
+one only where the smaller does not fit, the papers' setups first), then the rest. After every compile the table in
 docs/scaling.md (between its BEGIN/END markers) is rewritten from the JSON; `--doc_only`
 only rewrites it. An xxl compile takes many minutes and several GiB of memory on a small
 host (docs/scaling.md): run it niced, in the background.
@@ -61,6 +61,10 @@ NUM_NEGATIVES = 1
 COMPILE_TIMEOUT_S = 3 * 3600
 MAX_KILLED, RETRY_WAIT_S = 5, 600  # compiles killed by a signal in one run are retried this often, after a wait
 GIB = 2**30
+# The papers' setups, whose smallest slices the doc names: SamToNe's (Moiseev et al. 2023) as
+# runs/finetune.gin and runs/msmarco.gin state it, and GTR's (Ni et al. 2021).
+PAPER_SETUPS = (("SamToNe (ADE-SPL, batch 512)", "ade_spl", 512, ("t5_1_1_base", "t5_1_1_large", "t5_1_1_xxl")),
+                ("GTR-style (SDE, batch 2048)", "sde", 2048, tuple(MODELS)))
 ROOFLINE_MFU = 0.5  # the examples/s in the table: model FLOPs at this fraction of the slice's bf16 peak
 
 
@@ -179,10 +183,11 @@ def queue(results):
         for architecture in ("ade_spl", "sde"):
             for model in MODELS:
                 for small, big in SLICES.values():
-                    tiers.setdefault((not plain, 0), []).append((model, architecture, batch, small))
+                    tiers.setdefault((not plain, 0, False), []).append((model, architecture, batch, small))
                     outcome = cell_outcome(results, model, architecture, batch, small)
                     needed = outcome is not None and not _fits(outcome)
-                    tiers.setdefault((not plain, 1) if needed else (True, 2), []).append(
+                    paper = any((architecture, batch) == (a, b) and model in models for _, a, b, models in PAPER_SETUPS)
+                    tiers.setdefault((not plain, 1, not paper) if needed else (True, 2, False), []).append(
                         (model, architecture, batch, big))
     return [cell for tier in sorted(tiers) for cell in tiers[tier]]
 
@@ -268,10 +273,8 @@ def table(results) -> str:
                          for pair in SLICES.values() for s in pair]
                 label = f"{batch:,}" + (f" (GradCache {GRAD_CACHE_CHUNK})" if batch == GRAD_CACHE_BATCH else "")
                 lines.append("| " + " | ".join([name, towers, label, f"{step_flops / 1e12:,.0f}", *cells]) + " |")
-    setups = [("SamToNe (ADE-SPL, batch 512)", "ade_spl", 512, ("t5_1_1_base", "t5_1_1_large", "t5_1_1_xxl")),
-              ("GTR-style (SDE, batch 2048)", "sde", 2048, tuple(MODELS))]
     lines += ["", "Smallest slice of each chip kind the plain step fits on, as compiled:", ""]
-    for title, architecture, batch, models in setups:
+    for title, architecture, batch, models in PAPER_SETUPS:
         for model in models:
             lines.append(f"* {title}, {MODELS[model]}: {smallest_slices(results, model, architecture, batch)}")
     versions = results.get("versions", {})
