@@ -40,7 +40,6 @@ import argparse
 import dataclasses
 import json
 import os
-import shutil
 import statistics
 import sys
 
@@ -171,7 +170,6 @@ def main(argv=None):
 
     def train(system: str, loss: str, seed: int, run_dir: str, **kwargs) -> None:
         """Train and evaluate one model afresh in RUN_DIR (train_gtr_jax's KWARGS), and record it."""
-        shutil.rmtree(run_dir, ignore_errors=True)  # a run killed part-way would otherwise resume
         outcome = train_gtr_jax(preset, task, loss, seed, run_dir, **kwargs)
         record({"system": SYSTEMS[system], "loss": loss, "seed": seed, **score(outcome["run"], qrels),
                 "train_seconds": outcome["train_seconds"], "losses": outcome["losses"]})

@@ -35,6 +35,7 @@ import argparse
 import dataclasses
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -160,7 +161,10 @@ def gtr_jax_command(command: str, *flags) -> None:
 
 def train_gtr_jax(preset, task, loss, seed, run_dir, init_dir=None, log_every=50, extra_flags=()) -> dict:
     """Train with `gtr-jax train` (EXTRA_FLAGS appended: gin files, bindings), rank the test set with
-    `gtr-jax evaluate`; the run file and losses."""
+    `gtr-jax evaluate`; the run file and losses. An earlier run left in RUN_DIR (by a benchmark
+    killed before it recorded that run) is removed first: `gtr-jax train` would resume it, and
+    train_seconds would not time a whole run."""
+    shutil.rmtree(run_dir, ignore_errors=True)
     start = time.perf_counter()
     size = [f"--gin.T5Config.{field}={getattr(preset, field)}" for field in ("d_model", "num_layers", "num_heads",
                                                                              "d_kv", "d_ff")]
