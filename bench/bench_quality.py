@@ -334,7 +334,8 @@ def plot_curves(curves: dict, path: str) -> None:
     for ax, (label, by_system) in zip(axes[0], sorted(curves.items())):
         for system, losses in sorted(by_system.items()):
             ax.plot(*zip(*losses), label=system, linewidth=1)
-        ax.set(title=label, xlabel="step", ylabel="training loss")
+        # A log scale: the late steps, where the curves may part, have small losses.
+        ax.set(title=label, xlabel="step", ylabel="training loss", yscale="log")
         ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
