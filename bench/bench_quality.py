@@ -406,9 +406,8 @@ def main(argv=None):
             # Each system's result is saved as soon as it is scored, so a killed benchmark resumes
             # after the last finished run (one run takes up to an hour on a busy CPU).
             done = {r["system"]: r for r in results if (r["seed"], r["loss"]) == (seed, loss) and r["system"] in systems}
-            for system in ("peer", "gtr_jax"):  # the peer first: same_init starts gtr_jax from the peer's init
-                if system not in systems:
-                    continue
+            # The peer first: same_init starts gtr_jax from the peer's init.
+            for system in [s for s in ("peer", "gtr_jax") if s in systems]:
                 if system in done:
                     print(f"{system} {loss} seed {seed}: kept from an earlier run of this benchmark")
                     continue

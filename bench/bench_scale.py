@@ -182,11 +182,11 @@ def queue(results):
         plain = batch != GRAD_CACHE_BATCH
         for architecture in ("ade_spl", "sde"):
             for model in MODELS:
+                paper = any((architecture, batch) == (a, b) and model in models for _, a, b, models in PAPER_SETUPS)
                 for small, big in SLICES.values():
                     tiers.setdefault((not plain, 0, False), []).append((model, architecture, batch, small))
                     outcome = cell_outcome(results, model, architecture, batch, small)
                     needed = outcome is not None and not _fits(outcome)
-                    paper = any((architecture, batch) == (a, b) and model in models for _, a, b, models in PAPER_SETUPS)
                     tiers.setdefault((not plain, 1, not paper) if needed else (True, 2, False), []).append(
                         (model, architecture, batch, big))
     return [cell for tier in sorted(tiers) for cell in tiers[tier]]
