@@ -7,6 +7,8 @@ tensors of a Hugging Face `T5EncoderModel` initialized by transformers itself (a
 two-sample KS test), the reference whose init gtr_jax follows.
 """
 
+import itertools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -102,6 +104,23 @@ def test_scanned_layers_draw_the_same_distributions():
                 check_sample(path, layer, claimed_distribution(path, config))
         else:
             check_sample(path, values, claimed_distribution(path, config))
+
+
+@pytest.mark.parametrize("scan_layers", [False, True])
+def test_no_two_tensors_share_a_draw(scan_layers):
+    # Each tensor (and each layer of a scanned stack) must get its own random key: tensors
+    # drawn from one key are correlated (|r| = 1 for equal shapes and distributions) while
+    # every marginal distribution above still looks right.
+    config = t5.T5Config(**{**CONFIG.to_dict(), "scan_layers": scan_layers})
+    samples = []
+    for path, values in initial_params(config, "sde").items():
+        layers = values if scan_layers and "layers" in path else [values]
+        samples += [(path, layer.ravel()) for layer in layers if layer.std() > 0]
+    assert len(samples) == 2 + 7 * CONFIG.num_layers + 1  # embedding, relpos bias, 7 kernels a layer, projection
+    for (path_a, a), (path_b, b) in itertools.combinations(samples, 2):
+        if a.size == b.size:
+            # Independent draws: r is about N(0, 1/n); 6/sqrt(n) has p ~ 2e-9.
+            assert abs(np.corrcoef(a, b)[0, 1]) < 6 / np.sqrt(a.size), (path_a, path_b)
 
 
 def test_encoder_init_matches_hugging_face_t5_tensor_by_tensor():
