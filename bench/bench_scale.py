@@ -25,8 +25,8 @@ already there (resumable; kill it any time). Cells run in priority order: first 
 decide the smallest slice of each row (the smaller slice of each chip kind, then the bigger
 one only where the smaller does not fit, the papers' setups first), then the rest. After
 every compile the table in docs/scaling.md (between its BEGIN/END markers) is rewritten
-from the JSON; `--doc_only` only rewrites it. An xxl compile takes many minutes and several GiB of memory on a small
-host (docs/scaling.md): run it niced, in the background.
+from the JSON; `--doc_only` only rewrites it. An xxl compile takes many minutes and
+several GiB of memory on a small host (docs/scaling.md): run it niced, in the background.
 
 Run: nice -n 5 .venv/bin/python bench/bench_scale.py [--doc_only] [--max_compiles N]
 """

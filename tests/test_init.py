@@ -96,14 +96,20 @@ def test_every_parameter_follows_its_claimed_distribution(tower, relpos_bias_ini
         assert not np.array_equal(params[("query_encoder", "token_embedder")], params[("doc_encoder", "token_embedder")])
 
 
+def draws(config: t5.T5Config) -> list[tuple[tuple[str, ...], np.ndarray]]:
+    """(path, flat values) of each separate draw of an SDE model's init: a scanned stack's
+    tensors (on a leading layer axis) are one draw per layer."""
+    out = []
+    for path, values in initial_params(config, "sde").items():
+        layers = values if config.scan_layers and "layers" in path else [values]
+        out += [(path, layer.ravel()) for layer in layers]
+    return out
+
+
 def test_scanned_layers_draw_the_same_distributions():
     config = t5.T5Config(**{**CONFIG.to_dict(), "scan_layers": True})
-    for path, values in initial_params(config, "sde").items():
-        if "layers" in path:  # stacked on a leading layer axis: each layer is one draw
-            for layer in values:
-                check_sample(path, layer, claimed_distribution(path, config))
-        else:
-            check_sample(path, values, claimed_distribution(path, config))
+    for path, values in draws(config):
+        check_sample(path, values, claimed_distribution(path, config))
 
 
 @pytest.mark.parametrize("scan_layers", [False, True])
@@ -112,10 +118,7 @@ def test_no_two_tensors_share_a_draw(scan_layers):
     # drawn from one key are correlated (|r| = 1 for equal shapes and distributions) while
     # every marginal distribution above still looks right.
     config = t5.T5Config(**{**CONFIG.to_dict(), "scan_layers": scan_layers})
-    samples = []
-    for path, values in initial_params(config, "sde").items():
-        layers = values if scan_layers and "layers" in path else [values]
-        samples += [(path, layer.ravel()) for layer in layers if layer.std() > 0]
+    samples = [(path, values) for path, values in draws(config) if values.std() > 0]  # not the norms' ones
     assert len(samples) == 2 + 7 * CONFIG.num_layers + 1  # embedding, relpos bias, 7 kernels a layer, projection
     for (path_a, a), (path_b, b) in itertools.combinations(samples, 2):
         if a.size == b.size:
