@@ -28,13 +28,19 @@ Modes:
 Writes bench/results/quality_<task>_<preset>_<mode>.json (`--results`) after every run,
 and prints the table of means ± std over seeds. Run again, it keeps the runs that file
 holds for the same task, preset and mode and trains only the missing ones, so a long
-comparison can be spread over several sittings (models go to --workdir).
+comparison can be spread over several sittings (models go to --workdir). `--gtr_jax_gin`
+trains a variant of gtr_jax's recipe, recorded beside the default recipe's runs and the
+peer's (which it reuses) under a name of its own:
+
+    python bench/bench_quality.py --seeds=0,1,2,3,4 --systems=gtr_jax \
+        --gtr_jax_gin=LossConfig.mask_duplicates=False
 """
 
 import argparse
 import dataclasses
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -377,10 +383,17 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, help="override the preset's steps")
     parser.add_argument("--workdir", default="bench_quality_out", help="model directories and the pydocs data")
     parser.add_argument("--results", help="results JSON (default: bench/results/quality_<task>_<preset>_<mode>.json)")
+    parser.add_argument("--gtr_jax_gin", action="append", default=[], metavar="BINDING",
+                        help="a gin binding added to gtr_jax's training (repeatable), e.g. "
+                             "LossConfig.mask_duplicates=False; its runs are recorded as a system of their own, "
+                             "beside the default recipe's and the peer's in the same results file")
     args = parser.parse_args(argv)
     preset = with_steps(PRESETS[args.preset], args.steps)
     seeds, losses = [int(s) for s in args.seeds.split(",")], args.losses.split(",")
     systems = args.systems.split(",")
+    # The name each system's runs are recorded and tabulated under.
+    labels = {"peer": "peer", "gtr_jax": "gtr_jax" + (f" [{', '.join(args.gtr_jax_gin)}]" if args.gtr_jax_gin else "")}
+    gtr_jax_dir = re.sub(r"[^\w.=-]+", "_", "_".join(["gtr_jax", *args.gtr_jax_gin]))
     same_init = args.mode in ("same_init", "controlled")
     same_batches = args.mode in ("same_batches", "controlled")
     if same_init and systems != ["gtr_jax", "peer"]:
@@ -405,11 +418,12 @@ def main(argv=None):
             run_dir = os.path.join(workdir, f"{loss}_seed{seed}")
             # Each system's result is saved as soon as it is scored, so a killed benchmark resumes
             # after the last finished run (one run takes up to an hour on a busy CPU).
-            done = {r["system"]: r for r in results if (r["seed"], r["loss"]) == (seed, loss) and r["system"] in systems}
+            recorded = {r["system"]: r for r in results if (r["seed"], r["loss"]) == (seed, loss)}
+            done = {system: recorded[labels[system]] for system in systems if labels[system] in recorded}
             # The peer first: same_init starts gtr_jax from the peer's init.
             for system in [s for s in ("peer", "gtr_jax") if s in systems]:
                 if system in done:
-                    print(f"{system} {loss} seed {seed}: kept from an earlier run of this benchmark")
+                    print(f"{labels[system]} {loss} seed {seed}: kept from an earlier run of this benchmark")
                     continue
                 if system == "peer":
                     outcome = train_peer(preset, task, loss, seed, os.path.join(run_dir, "peer"), same_batches)
@@ -419,12 +433,13 @@ def main(argv=None):
                         init = os.path.join(run_dir, "gtr_jax_init")
                         gtr_jax_command("import", "--from=sentence-transformers", os.path.join(run_dir, "peer", "init"),
                                         f"--output={init}", "--overwrite")
-                    outcome = train_gtr_jax(preset, task, loss, seed, os.path.join(run_dir, "gtr_jax"), init,
-                                            log_every=1 if args.mode == "controlled" else 50)
-                done[system] = {"system": system, "loss": loss, "seed": seed, **score(outcome["run"], qrels),
+                    outcome = train_gtr_jax(preset, task, loss, seed, os.path.join(run_dir, gtr_jax_dir), init,
+                                            log_every=1 if args.mode == "controlled" else 50,
+                                            extra_flags=[f"--gin.{binding}" for binding in args.gtr_jax_gin])
+                done[system] = {"system": labels[system], "loss": loss, "seed": seed, **score(outcome["run"], qrels),
                                 "train_seconds": outcome["train_seconds"], "losses": outcome["losses"]}
                 results.append(done[system])
-                print(f"{system} {loss} seed {seed}: " + json.dumps({k: round(v, 4) for k, v in done[system].items()
+                print(f"{labels[system]} {loss} seed {seed}: " + json.dumps({k: round(v, 4) for k, v in done[system].items()
                                                                     if k in ("mrr_10", "P_1", "train_seconds")}),
                       flush=True)
                 save()
