@@ -62,8 +62,16 @@ def test_same_loss_trajectory_on_every_mesh(tmp_path):
     reference = trajectories[(1, 1)]
     assert len(reference) == 5
     for shape, losses in trajectories.items():
-        np.testing.assert_allclose([losses[s] for s in range(1, 6)], [reference[s] for s in range(1, 6)], atol=1e-5,
-                                   rtol=1e-5, err_msg=str(shape))
+        # Step 1 is the same parameters on the same batch and dropout masks: equal to float32 rounding.
+        np.testing.assert_allclose(losses[1], reference[1], rtol=1e-5, err_msg=str(shape))
+        # Later steps follow updates from gradients summed in another order on each mesh (XLA's
+        # CPU reductions differ by host too). Adafactor divides every gradient entry by its own
+        # root-mean-square, so rounding-level differences in entries whose gradient is near zero
+        # become visible: up to 2.4e-4 relative by step 5 on an AMD EPYC host without AVX-512,
+        # under 1e-5 on AVX-512 hosts. A mesh-dependent batch split, dropout mask or gradient
+        # reduction moves these losses by percents.
+        np.testing.assert_allclose([losses[s] for s in range(2, 6)], [reference[s] for s in range(2, 6)], rtol=2e-3,
+                                   err_msg=str(shape))
 
 
 def test_restores_onto_another_mesh_shape(tmp_path):
