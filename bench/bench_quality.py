@@ -439,9 +439,8 @@ def main(argv=None):
                 done[system] = {"system": labels[system], "loss": loss, "seed": seed, **score(outcome["run"], qrels),
                                 "train_seconds": outcome["train_seconds"], "losses": outcome["losses"]}
                 results.append(done[system])
-                print(f"{labels[system]} {loss} seed {seed}: " + json.dumps({k: round(v, 4) for k, v in done[system].items()
-                                                                    if k in ("mrr_10", "P_1", "train_seconds")}),
-                      flush=True)
+                headline = {k: round(done[system][k], 4) for k in ("mrr_10", "P_1", "train_seconds")}
+                print(f"{labels[system]} {loss} seed {seed}: {json.dumps(headline)}", flush=True)
                 save()
             if args.mode == "controlled":
                 curves[f"{loss}, seed {seed}"] = {s: r["losses"] for s, r in done.items()}
