@@ -20,7 +20,9 @@ task over the docstrings of the installed third-party packages (bench/quality_da
 Modes:
   independent   each trainer draws its own init and its own data order from the seed;
   same_init     gtr_jax starts from the peer's initial weights (`save_pretrained`, then
-                `gtr-jax import --from=sentence-transformers`);
+                `gtr-jax import --from=sentence-transformers`); with `--systems=gtr_jax`
+                the peer's init is built without training the peer (its runs are the
+                independent mode's: the same init and order);
   same_batches  the peer trains on gtr_jax's own batches (gtr_jax.data.pipeline.batch_iterator);
   controlled    both, with per-step losses of both recorded, plotted (*_loss_curves.png)
                 and compared: the first step where they differ by more than 1%.
@@ -236,6 +238,16 @@ def peer_batches(preset, task, seed, same_batches):
         yield token_arrays(tokenizer, queries, preset.query_length), token_arrays(tokenizer, docs, preset.doc_length)
 
 
+def save_peer_init(preset, task, seed, path) -> None:
+    """The peer's initial weights for SEED, saved to PATH without training: the init that
+    train_peer starts from and saves (quality_peer.build_model is deterministic in the seed)."""
+    build_dir = os.path.dirname(path)
+    os.makedirs(build_dir, exist_ok=True)
+    model = quality_peer.build_model(encoder_config(preset, task), preset.embed_dim, task.vocabulary, seed, build_dir,
+                                     max_seq_length=preset.doc_length)
+    model.save(path, safe_serialization=True)
+
+
 def train_peer(preset, task, loss, seed, run_dir, same_batches=False) -> dict:
     """Train the peer; rank the test set. Its initial weights are saved under RUN_DIR/init."""
     import torch
@@ -396,8 +408,8 @@ def main(argv=None):
     gtr_jax_dir = re.sub(r"[^\w.=-]+", "_", "_".join(["gtr_jax", *args.gtr_jax_gin]))
     same_init = args.mode in ("same_init", "controlled")
     same_batches = args.mode in ("same_batches", "controlled")
-    if same_init and systems != ["gtr_jax", "peer"]:
-        parser.error("same_init and controlled modes need both systems (gtr_jax starts from the peer's init)")
+    if args.mode == "controlled" and systems != ["gtr_jax", "peer"]:
+        parser.error("the controlled mode needs both systems (it compares their loss curves)")
     workdir = os.path.abspath(os.path.join(args.workdir, f"{args.task}_{args.preset}_{args.mode}"))
     os.makedirs(workdir, exist_ok=True)
     name = f"quality_{args.task}_{args.preset}_{args.mode}"
@@ -431,8 +443,11 @@ def main(argv=None):
                     init = None
                     if same_init:
                         init = os.path.join(run_dir, "gtr_jax_init")
-                        gtr_jax_command("import", "--from=sentence-transformers", os.path.join(run_dir, "peer", "init"),
-                                        f"--output={init}", "--overwrite")
+                        peer_init = os.path.join(run_dir, "peer", "init")
+                        if not os.path.isdir(peer_init):  # the peer is not trained in this invocation
+                            save_peer_init(preset, task, seed, peer_init)
+                        gtr_jax_command("import", "--from=sentence-transformers", peer_init, f"--output={init}",
+                                        "--overwrite")
                     outcome = train_gtr_jax(preset, task, loss, seed, os.path.join(run_dir, gtr_jax_dir), init,
                                             log_every=1 if args.mode == "controlled" else 50,
                                             extra_flags=[f"--gin.{binding}" for binding in args.gtr_jax_gin])
