@@ -30,16 +30,12 @@ import sys
 
 import numpy as np
 
-# As in bench_quality: transformers must not load its TensorFlow or Flax halves; CPU only.
-os.environ.setdefault("USE_TF", "0")
-os.environ.setdefault("USE_FLAX", "0")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# bench_quality sets, on import, the environment the peer and JAX need (no TensorFlow or
+# Flax half in transformers, CPU only), before anything here imports them.
 import bench_quality  # noqa: E402
-import quality_peer  # noqa: E402
+from bench_quality import ROOT, peer_model, quality_peer  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GEOMETRY_PAIRS, GEOMETRY_BATCH = 256, 64
 
 
@@ -58,13 +54,6 @@ def gtr_jax_model(preset, task):
     return model, lambda seed: init(jax.random.key(seed))
 
 
-def peer_model(preset, task, seed, workdir):
-    """The peer's fresh SentenceTransformer for SEED (built under WORKDIR)."""
-    config = bench_quality.encoder_config(preset, task)
-    return quality_peer.build_model(config, preset.embed_dim, task.vocabulary, seed,
-                                    os.path.join(workdir, f"peer_seed{seed}"), max_seq_length=preset.doc_length)
-
-
 def tensor_stds(preset, task, seeds: int, workdir: str) -> list[dict]:
     """Per tensor: both trainers' std over the values of SEEDS inits, ratio, its SE distance from 1."""
     from flax.traverse_util import flatten_dict
@@ -76,7 +65,8 @@ def tensor_stds(preset, task, seeds: int, workdir: str) -> list[dict]:
     for seed in range(seeds):
         for path, value in flatten_dict(init(seed)).items():
             ours.setdefault(path, []).append(np.asarray(value, np.float64).ravel())
-        for name, value in peer_model(preset, task, seed, workdir).state_dict().items():
+        peer = peer_model(preset, task, seed, os.path.join(workdir, f"peer_seed{seed}"))
+        for name, value in peer.state_dict().items():
             theirs.setdefault(name, []).append(value.numpy().astype(np.float64).ravel())
     pairs = [(("encoder",) + path, hf_name)
              for path, (hf_name, _) in hf_weights.hf_tensor_names(bench_quality.encoder_config(preset, task)).items()]
@@ -132,7 +122,7 @@ def embedding_geometry(preset, task, seeds: int, workdir: str) -> dict:
         params = init(seed)
         out["gtr_jax"].append(geometry(np.asarray(encode(params, queries, "query"), np.float64),
                                        np.asarray(encode(params, docs, "doc"), np.float64), preset.temperature))
-        peer = peer_model(preset, task, seed, workdir)
+        peer = peer_model(preset, task, seed, os.path.join(workdir, f"peer_seed{seed}"))
         out["peer"].append(geometry(quality_peer.encode(peer, queries).astype(np.float64),
                                     quality_peer.encode(peer, docs).astype(np.float64), preset.temperature))
     return out

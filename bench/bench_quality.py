@@ -238,14 +238,18 @@ def peer_batches(preset, task, seed, same_batches):
         yield token_arrays(tokenizer, queries, preset.query_length), token_arrays(tokenizer, docs, preset.doc_length)
 
 
+def peer_model(preset, task, seed, workdir):
+    """The peer's fresh SentenceTransformer of the preset for SEED, built under WORKDIR
+    (quality_peer.build_model is deterministic in the seed)."""
+    os.makedirs(workdir, exist_ok=True)
+    return quality_peer.build_model(encoder_config(preset, task), preset.embed_dim, task.vocabulary, seed, workdir,
+                                    max_seq_length=preset.doc_length)
+
+
 def save_peer_init(preset, task, seed, path) -> None:
     """The peer's initial weights for SEED, saved to PATH without training: the init that
-    train_peer starts from and saves (quality_peer.build_model is deterministic in the seed)."""
-    build_dir = os.path.dirname(path)
-    os.makedirs(build_dir, exist_ok=True)
-    model = quality_peer.build_model(encoder_config(preset, task), preset.embed_dim, task.vocabulary, seed, build_dir,
-                                     max_seq_length=preset.doc_length)
-    model.save(path, safe_serialization=True)
+    train_peer starts from and saves."""
+    peer_model(preset, task, seed, os.path.dirname(path)).save(path, safe_serialization=True)
 
 
 def train_peer(preset, task, loss, seed, run_dir, same_batches=False) -> dict:
@@ -255,9 +259,7 @@ def train_peer(preset, task, loss, seed, run_dir, same_batches=False) -> dict:
     from gtr_jax.data.vocab import shared_tokenizer
 
     torch.set_num_threads(os.cpu_count())
-    os.makedirs(run_dir, exist_ok=True)
-    model = quality_peer.build_model(encoder_config(preset, task), preset.embed_dim, task.vocabulary, seed, run_dir,
-                                     max_seq_length=preset.doc_length)
+    model = peer_model(preset, task, seed, run_dir)
     model.save(os.path.join(run_dir, "init"), safe_serialization=True)
     optimizer, scheduler = quality_peer.make_optimizer(model, base_learning_rate=preset.learning_rate,
                                                        warmup_steps=preset.warmup_steps, total_steps=preset.steps)
