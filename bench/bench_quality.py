@@ -41,6 +41,7 @@ peer's (which it reuses) under a name of its own:
 import argparse
 import dataclasses
 import json
+import math
 import os
 import re
 import shutil
@@ -375,6 +376,35 @@ def summarize(results: list[dict]) -> list[dict]:
     return rows
 
 
+def gaps_to_peer(rows) -> list[dict]:
+    """Per loss, each other system's mean minus the peer's, with the standard error of that difference
+    (the seeds of two systems are independent draws in every mode: sqrt(s1²/n1 + s2²/n2); None
+    where a system has a single seed, whose spread is unknown)."""
+    peer = {r["loss"]: r for r in rows if r["system"] == "peer"}
+    gaps = []
+    for r in rows:
+        theirs = peer.get(r["loss"])
+        if r["system"] == "peer" or theirs is None:
+            continue
+        gap = {"system": r["system"], "loss": r["loss"], "seeds": len(r["seeds"]), "peer_seeds": len(theirs["seeds"])}
+        for measure in ("mrr_10", "P_1"):
+            error = None if min(len(r["seeds"]), len(theirs["seeds"])) < 2 else math.sqrt(r[measure + "_std"] ** 2 / len(r["seeds"])
+                              + theirs[measure + "_std"] ** 2 / len(theirs["seeds"]))
+            gap[measure] = r[measure] - theirs[measure]
+            gap[measure + "_se"] = error
+        gaps.append(gap)
+    return gaps
+
+
+def print_gaps(gaps) -> None:
+    """Each gap to the peer as difference ± standard error, and in standard errors."""
+    for g in gaps:
+        in_se = ", ".join(f"{name} {g[m]:+.3f}" + ("" if g[m + "_se"] is None else
+                                                    f" ± {g[m + '_se']:.3f} ({g[m] / g[m + '_se']:+.1f} SE)")
+                          for m, name in (("mrr_10", "MRR@10"), ("P_1", "P@1")))
+        print(f"{g['system']} − peer, {g['loss']} ({g['seeds']} and {g['peer_seeds']} seeds): {in_se}")
+
+
 def print_table(rows, bm25) -> None:
     """The summary rows and the BM25 line as a markdown table."""
     print("| system | loss | seeds | MRR@10 | P@1 | train s/run |")
@@ -468,6 +498,7 @@ def main(argv=None):
         plot_curves(curves, os.path.splitext(results_path)[0] + "_loss_curves.png")
     print(f"\n{args.task}, preset {args.preset} ({preset.steps} steps), mode {args.mode}:")
     print_table(summarize(results), bm25)
+    print_gaps(gaps_to_peer(summarize(results)))
     print(f"results: {results_path}")
 
 
