@@ -387,11 +387,11 @@ def gaps_to_peer(rows) -> list[dict]:
         if r["system"] == "peer" or theirs is None:
             continue
         gap = {"system": r["system"], "loss": r["loss"], "seeds": len(r["seeds"]), "peer_seeds": len(theirs["seeds"])}
+        single_seed = min(len(r["seeds"]), len(theirs["seeds"])) < 2
         for measure in ("mrr_10", "P_1"):
-            error = None if min(len(r["seeds"]), len(theirs["seeds"])) < 2 else math.sqrt(r[measure + "_std"] ** 2 / len(r["seeds"])
-                              + theirs[measure + "_std"] ** 2 / len(theirs["seeds"]))
+            variances = [row[measure + "_std"] ** 2 / len(row["seeds"]) for row in (r, theirs)]
             gap[measure] = r[measure] - theirs[measure]
-            gap[measure + "_se"] = error
+            gap[measure + "_se"] = None if single_seed else math.sqrt(sum(variances))
         gaps.append(gap)
     return gaps
 
@@ -399,8 +399,9 @@ def gaps_to_peer(rows) -> list[dict]:
 def print_gaps(gaps) -> None:
     """Each gap to the peer as difference ± standard error, and in standard errors."""
     for g in gaps:
-        in_se = ", ".join(f"{name} {g[m]:+.3f}" + ("" if g[m + "_se"] is None else
-                                                    f" ± {g[m + '_se']:.3f} ({g[m] / g[m + '_se']:+.1f} SE)")
+        # No error (and no ratio) where it is unknown or, for identical scores, zero.
+        in_se = ", ".join(f"{name} {g[m]:+.3f}" + (f" ± {g[m + '_se']:.3f} ({g[m] / g[m + '_se']:+.1f} SE)"
+                                                    if g[m + "_se"] else "")
                           for m, name in (("mrr_10", "MRR@10"), ("P_1", "P@1")))
         print(f"{g['system']} − peer, {g['loss']} ({g['seeds']} and {g['peer_seeds']} seeds): {in_se}")
 
