@@ -15,9 +15,9 @@ side; runs/tpu.gin: bfloat16 matmuls, remat, scanned layers, the batch over ever
 Sharding, as a user would pick it: the fsdp rule (`standard_logical_axis_rules.fsdp`) is on
 when the parameters and optimizer state, replicated, would take more than half of a chip's
 HBM (computed from the abstract train state, no compile); otherwise the replicated step is
-compiled first, and when it does not fit, the fsdp step too (what fsdp frees is not only the
-parameters and their gradients but XLA's temporaries too, so no estimate decides it). Batch 8192 uses GradCache with chunks of GRAD_CACHE_CHUNK examples per device. Every
-attempt is recorded.
+compiled first, and when it does not fit, the fsdp step too (fsdp frees XLA's temporaries
+as well as parameters and their gradients, so no estimate decides it). Batch 8192 uses
+GradCache with chunks of GRAD_CACHE_CHUNK examples per device. Every attempt is recorded.
 
 Results go to bench/results/scale_tpu.json after every compile; a rerun skips the attempts
 already there (resumable; kill it any time). Cells run in priority order: first those that
