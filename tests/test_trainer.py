@@ -1,5 +1,6 @@
 """The training loop: learning, mesh independence, resumption, corruption, divergence, CLI."""
 
+import gc
 import json
 import os
 import pathlib
@@ -16,6 +17,7 @@ import pytest
 
 from gtr_jax.train import checkpoints, trainer
 from gtr_jax.cli import main as cli
+from gtr_jax.errors import UserError
 
 TESTS = pathlib.Path(__file__).resolve().parent
 TRAIN_GIN = str(TESTS / "tiny_train.gin")
@@ -114,6 +116,60 @@ def test_unreadable_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, c
     # Steps 3 and 4 were trained twice: once before the damage, once after resuming from step 2.
     rows = [json.loads(line)["step"] for line in open(tmp_path / "metrics.jsonl")]
     assert rows == [1, 2, 3, 4, 3, 4, 5, 6]
+    # The warning names the damaged file (orbax's innermost error), not orbax's TensorStore dump.
+    assert "checkpoint_4/params" in out and "TensorStore" not in out
+
+
+def test_checkpoints_of_another_model_or_optimizer_stop_the_run_and_stay_put(tmp_path):
+    train(tmp_path, 2, "train.checkpoint_every = 2")
+    learnt = tmp_path / "learnt"
+    train(learnt, 2, "train.checkpoint_every = 2", "train.learn_temperature = True")
+    before = {directory: sorted(p.relative_to(directory) for p in directory.rglob("*")) for directory in (tmp_path, learnt)}
+    changes = [
+        (tmp_path, "ModelConfig.embed_dim = 16", r"embed_dim 32 vs 16"),
+        (tmp_path, "T5Config.scan_layers = True", r"scan_layers False vs True"),
+        (tmp_path, "adafactor.min_dim_size_to_factor = 1", r"its opt_state differs .*0/v/0/encoder/.* \(64, 64\) vs \(1,\)"),
+        (tmp_path, "train.learn_temperature = True", r"has no learnt temperature"),
+        (learnt, "train.learn_temperature = False", r"its opt_state differs .*log_temperature only in the checkpoint"),
+    ]
+    for model_dir, change, message in changes:
+        with pytest.raises(UserError, match=message + ".*train into a new MODEL_DIR"):
+            train(model_dir, 4, "train.checkpoint_every = 2", change)
+    after = {directory: sorted(p.relative_to(directory) for p in directory.rglob("*")) for directory in (tmp_path, learnt)}
+    assert after == before, "nothing moved aside, nothing rewritten"
+    assert int(train(tmp_path, 4, "train.checkpoint_every = 2").step) == 4, "the unchanged run still resumes"
+
+
+def test_a_damaged_checkpoint_leaves_no_stray_tracebacks(tmp_path, monkeypatch):
+    """When a read fails, orbax abandons the reads still in flight. Each one reports an error
+    (with a TensorStore dump) as an unraisable exception when it ends; those are dropped."""
+    train(tmp_path, 2, "train.checkpoint_every = 2")
+    data = max((p for p in (tmp_path / "checkpoints" / "checkpoint_2" / "params").rglob("*") if p.is_file()),
+               key=lambda p: p.stat().st_size)
+    data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
+    reports = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda unraisable: reports.append(unraisable.exc_value))
+
+    def fail_to_restore():
+        with pytest.raises(UserError, match="checkpoint 2 is unreadable"):
+            checkpoints.restore_params(str(tmp_path))
+        gc.collect()
+        time.sleep(0.2)  # the abandoned reads end on TensorStore's threads
+
+    with monkeypatch.context() as unfiltered:
+        unfiltered.setattr(checkpoints, "_silence_abandoned_reads", lambda: None)
+        for _ in range(5):
+            fail_to_restore()
+            if reports:
+                break
+    assert reports, "the abandoned reads report errors when nothing filters them"
+    fail_to_restore()
+    reports.clear()  # some may have ended before the filter was installed
+    for _ in range(3):
+        fail_to_restore()
+    time.sleep(1)  # let every abandoned read end while the test's hook is still in place
+    gc.collect()
+    assert not reports, reports
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):

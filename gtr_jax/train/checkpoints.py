@@ -12,6 +12,7 @@ import dataclasses
 import logging
 import os
 import shutil
+import sys
 import tempfile
 from contextlib import contextmanager
 
@@ -131,17 +132,57 @@ def _restore_params_item(manager: ocp.CheckpointManager, model_dir: str, step: i
     try:
         return manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(target)))["params"]
     except Exception as error:  # orbax/tensorstore raise many types for damaged files
-        # The innermost cause names the damaged file; orbax's wrappers add a TensorStore dump.
-        while error.__cause__ is not None:
-            error = error.__cause__
-        message = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
-        raise UserError(f"{model_dir}: checkpoint {step} is unreadable ({message})") from None
+        raise UserError(f"{model_dir}: checkpoint {step} is unreadable ({_failed_read_reason(error)})") from None
 
 
-def _check_compatible(model_dir: str, saved: dual_encoder.ModelConfig, wanted: dual_encoder.ModelConfig):
-    """One clear error when a checkpoint's params cannot serve as the wanted model's params."""
-    same_layout = dataclasses.replace(saved.encoder, scan_layers=wanted.encoder.scan_layers, remat=wanted.encoder.remat,
-                                      dtype=wanted.encoder.dtype, dropout_rate=wanted.encoder.dropout_rate)
+def _failed_read_reason(error: Exception) -> str:
+    """The first line of the innermost cause of a failed orbax read, which names the damaged file.
+
+    Orbax's wrappers add a TensorStore dump of dozens of lines. A failed read also abandons
+    the other shard reads in flight, which would later print more such dumps to stderr.
+    """
+    _silence_abandoned_reads()
+    while error.__cause__ is not None:
+        error = error.__cause__
+    return str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
+
+
+def _silence_abandoned_reads():
+    """Keep the shard reads a failed restore abandoned from printing tracebacks when they end.
+
+    Orbax runs a restore's reads on an event loop that it closes as soon as one read
+    fails, without cancelling the others (orbax 0.12, asyncio_utils). Each abandoned read
+    reports, whenever it ends or is garbage collected, an "Event loop is closed"
+    RuntimeError or a wrapped GeneratorExit as an unraisable exception, with a TensorStore
+    dump. Their cause is the damage the failed restore already reported, so this drops
+    exactly those two reports, for the rest of the process, and passes on every other one.
+    """
+    previous = sys.unraisablehook
+    if getattr(previous, "drops_abandoned_reads", False):
+        return
+
+    def hook(unraisable):
+        code = getattr(unraisable.object, "cr_code", None)
+        abandoned_read = code is not None and code.co_name == "_read_array_index_and_device_put"
+        closed_loop = unraisable.object is None and str(unraisable.exc_value) == "Event loop is closed"
+        if not (abandoned_read or closed_loop):
+            previous(unraisable)
+
+    hook.drops_abandoned_reads = True
+    sys.unraisablehook = hook
+
+
+def _check_compatible(model_dir: str, saved: dual_encoder.ModelConfig, wanted: dual_encoder.ModelConfig,
+                      convertible_layout: bool = True):
+    """One clear error when a checkpoint's params cannot serve as the wanted model's params.
+
+    The layer layout (`scan_layers`) may differ when `convertible_layout`: restore_params
+    converts it.
+    """
+    same_layout = dataclasses.replace(saved.encoder, remat=wanted.encoder.remat, dtype=wanted.encoder.dtype,
+                                      dropout_rate=wanted.encoder.dropout_rate)
+    if convertible_layout:
+        same_layout = dataclasses.replace(same_layout, scan_layers=wanted.encoder.scan_layers)
     differences = [
         f"{name} {getattr(saved, name)} vs {getattr(wanted, name)}" for name in ("tower", "embed_dim")
         if getattr(saved, name) != getattr(wanted, name)
@@ -203,15 +244,42 @@ def train_state_args(state) -> ocp.args.Composite:
     return ocp.args.Composite(**items)
 
 
+class UnreadableCheckpoint(Exception):
+    """A checkpoint whose files are damaged (truncated, missing or corrupt); the message says which."""
+
+
+def check_resumable(model_dir: str, model_config: dual_encoder.ModelConfig):
+    """A UserError if MODEL_DIR's checkpoints were trained with a model of another shape or layout."""
+    if (epath.Path(model_dir) / MODEL_CONFIG).exists():
+        try:
+            _check_compatible(model_dir, load_model_config(model_dir), model_config, convertible_layout=False)
+        except UserError as error:
+            raise UserError(f"{error}; resume with the model it was trained with, or train into a new MODEL_DIR") from None
+
+
 def restore_train_state(manager: ocp.CheckpointManager, step: int, abstract_state):
-    """The TrainState saved at `step`, placed with the shardings of `abstract_state`."""
+    """The TrainState saved at `step`, placed with the shardings of `abstract_state`.
+
+    Raises UserError if the checkpoint holds another state than `abstract_state` (another
+    optimizer, or a learnt temperature where none is wanted), and UnreadableCheckpoint if
+    its files are damaged.
+    """
     items = {
         "params": ocp.args.StandardRestore(abstract_state.params),
         "opt_state": ocp.args.StandardRestore(abstract_state.opt_state),
     }
     if abstract_state.temperature:
         items["temperature"] = ocp.args.StandardRestore(abstract_state.temperature)
-    restored = manager.restore(step, args=ocp.args.Composite(**items))
+    step_dir = epath.Path(manager.directory) / f"{STEP_PREFIX}_{step}"
+    if abstract_state.temperature and not (step_dir / "temperature").exists():
+        raise UserError(f"{step_dir}: has no learnt temperature; resume without train.learn_temperature, "
+                        "or train into a new MODEL_DIR")
+    for name, item in items.items():
+        _check_same_arrays(step_dir, name, item.item)
+    try:
+        restored = manager.restore(step, args=ocp.args.Composite(**items))
+    except Exception as error:  # orbax/tensorstore raise many types for damaged files
+        raise UnreadableCheckpoint(_failed_read_reason(error)) from None
     step_array = jax.device_put(np.asarray(step, np.int32), abstract_state.step.sharding)
     return abstract_state.replace(
         step=step_array,
@@ -219,3 +287,35 @@ def restore_train_state(manager: ocp.CheckpointManager, step: int, abstract_stat
         opt_state=restored["opt_state"],
         temperature=restored["temperature"] if abstract_state.temperature else {},
     )
+
+
+def _check_same_arrays(step_dir: epath.Path, name: str, wanted):
+    """A UserError if item `name` of a checkpoint holds other arrays than `wanted` (by path and shape).
+
+    Missing or unreadable metadata is damage, an UnreadableCheckpoint.
+    """
+    try:
+        saved = _array_shapes(ocp.StandardCheckpointHandler().metadata(step_dir / name))
+    except Exception as error:  # a damaged metadata file raises JSON, IO or orbax errors
+        raise UnreadableCheckpoint(_failed_read_reason(error)) from None
+    wanted = _array_shapes(wanted)
+    differences = [f"{path} only in the checkpoint" for path in saved.keys() - wanted.keys()]
+    differences += [f"{path} only in this run" for path in wanted.keys() - saved.keys()]
+    differences += [f"{path} {saved[path]} vs {wanted[path]}" for path in saved.keys() & wanted.keys()
+                    if saved[path] != wanted[path]]
+    if differences:
+        shown = "; ".join(sorted(differences)[:3]) + (f"; and {len(differences) - 3} more" if len(differences) > 3 else "")
+        raise UserError(f"{step_dir}: its {name} differs from this run's ({shown}); resume with the settings it "
+                        "was trained with, or train into a new MODEL_DIR")
+
+
+def _array_shapes(tree) -> dict[str, tuple]:
+    """{"0/v/encoder/...": shape} of a tree's arrays, whatever holds them (dicts, lists, named tuples)."""
+    def key_name(key):
+        for attribute in ("key", "idx", "name"):
+            if hasattr(key, attribute):
+                return str(getattr(key, attribute))
+        return str(key)
+
+    paths_and_leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
+    return {"/".join(map(key_name, path)): tuple(leaf.shape) for path, leaf in paths_and_leaves}

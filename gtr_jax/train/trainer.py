@@ -13,7 +13,8 @@ Reliability contract:
     step reached on every host and returns; the command exits 0 (see preemption).
   * A non-finite loss stops the run before the next checkpoint could store it.
   * An unreadable newest checkpoint is moved to MODEL_DIR/corrupt_checkpoints/ with a
-    warning, and the run resumes from the one before.
+    warning, and the run resumes from the one before. Checkpoints of another model or
+    optimizer stop the run with a one-line error and stay where they are.
 """
 
 import dataclasses
@@ -100,7 +101,7 @@ def train(
     # ---------------------------------------------------------------- restore or initialize
     epath.Path(model_dir).mkdir(parents=True, exist_ok=True)
     manager = checkpoints.checkpoint_manager(model_dir, max_to_keep=keep_checkpoints, enable_async_checkpointing=True)
-    state = _restore_newest_good(manager, model_dir, abstract_state)
+    state = _restore_newest_good(manager, model_dir, abstract_state, model_config)
     if state is None:
         state = _initial_state(step_builder.model, optimizer, model_config, init_checkpoint, seed, learn_temperature,
                                temperature, state_shardings, param_shardings)
@@ -284,12 +285,19 @@ def _initial_state(model, tx, model_config, init_checkpoint, seed, learn_tempera
     return jax.jit(init, out_shardings=state_shardings)(jax.random.key(seed))
 
 
-def _restore_newest_good(manager, model_dir, abstract_state):
-    """The newest checkpoint that restores; unreadable newer ones are moved aside with a warning."""
-    for step in sorted(manager.all_steps(), reverse=True):
+def _restore_newest_good(manager, model_dir, abstract_state, model_config):
+    """The newest checkpoint that restores; unreadable newer ones are moved aside with a warning.
+
+    Checkpoints of another model or optimizer are a UserError: they are not damaged, and
+    moving them aside would silently restart the run from scratch.
+    """
+    steps = sorted(manager.all_steps(), reverse=True)
+    if steps:
+        checkpoints.check_resumable(model_dir, model_config)
+    for step in steps:
         try:
             return checkpoints.restore_train_state(manager, step, abstract_state)
-        except Exception as error:  # orbax/tensorstore raise many types for damaged files
+        except checkpoints.UnreadableCheckpoint as error:
             quarantine = epath.Path(model_dir) / "corrupt_checkpoints"
             name = f"{checkpoints.STEP_PREFIX}_{step}"
             if jax.process_index() == 0:
@@ -297,10 +305,9 @@ def _restore_newest_good(manager, model_dir, abstract_state):
                 (epath.Path(model_dir) / checkpoints.CHECKPOINTS / name).rename(quarantine / name)
             multihost_utils.sync_global_devices(f"quarantined {name}")
             manager.reload()
-            message = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
             log.warning("checkpoint %d is unreadable (%s); moved it to %s and resuming from an older one",
-                        step, message, quarantine)
-            print(f"warning: checkpoint {step} is unreadable ({message}); moved to {quarantine}", flush=True)
+                        step, error, quarantine)
+            print(f"warning: checkpoint {step} is unreadable ({error}); moved to {quarantine}", flush=True)
     return None
 
 
