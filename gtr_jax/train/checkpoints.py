@@ -12,7 +12,6 @@ import dataclasses
 import logging
 import os
 import shutil
-import sys
 import tempfile
 from contextlib import contextmanager
 
@@ -23,6 +22,7 @@ from etils import epath
 from flax.core import meta
 
 from gtr_jax.model import dual_encoder, t5
+from gtr_jax.train import abandoned_reads
 from gtr_jax.errors import UserError
 
 MODEL_CONFIG = "model_config.json"
@@ -132,44 +132,20 @@ def _restore_params_item(manager: ocp.CheckpointManager, model_dir: str, step: i
     try:
         return manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(target)))["params"]
     except Exception as error:  # orbax/tensorstore raise many types for damaged files
-        raise UserError(f"{model_dir}: checkpoint {step} is unreadable ({_failed_read_reason(error)})") from None
+        reason = _failed_read_reason(error, epath.Path(manager.directory) / f"{STEP_PREFIX}_{step}")
+        raise UserError(f"{model_dir}: checkpoint {step} is unreadable ({reason})") from None
 
 
-def _failed_read_reason(error: Exception) -> str:
+def _failed_read_reason(error: Exception, checkpoint_dir) -> str:
     """The first line of the innermost cause of a failed orbax read, which names the damaged file.
 
-    Orbax's wrappers add a TensorStore dump of dozens of lines. A failed read also abandons
-    the other shard reads in flight, which would later print more such dumps to stderr.
+    Orbax's wrappers add a TensorStore dump of dozens of lines, and so do the reads the
+    failure abandoned, later; those are silenced.
     """
-    _silence_abandoned_reads()
+    abandoned_reads.silence(str(checkpoint_dir))
     while error.__cause__ is not None:
         error = error.__cause__
     return str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
-
-
-def _silence_abandoned_reads():
-    """Keep the shard reads a failed restore abandoned from printing tracebacks when they end.
-
-    Orbax runs a restore's reads on an event loop that it closes as soon as one read
-    fails, without cancelling the others (orbax 0.12, asyncio_utils). Each abandoned read
-    reports, whenever it ends or is garbage collected, an "Event loop is closed"
-    RuntimeError or a wrapped GeneratorExit as an unraisable exception, with a TensorStore
-    dump. Their cause is the damage the failed restore already reported, so this drops
-    exactly those two reports, for the rest of the process, and passes on every other one.
-    """
-    previous = sys.unraisablehook
-    if getattr(previous, "drops_abandoned_reads", False):
-        return
-
-    def hook(unraisable):
-        code = getattr(unraisable.object, "cr_code", None)
-        abandoned_read = code is not None and code.co_name == "_read_array_index_and_device_put"
-        closed_loop = unraisable.object is None and str(unraisable.exc_value) == "Event loop is closed"
-        if not (abandoned_read or closed_loop):
-            previous(unraisable)
-
-    hook.drops_abandoned_reads = True
-    sys.unraisablehook = hook
 
 
 def _check_compatible(model_dir: str, saved: dual_encoder.ModelConfig, wanted: dual_encoder.ModelConfig,
@@ -279,7 +255,7 @@ def restore_train_state(manager: ocp.CheckpointManager, step: int, abstract_stat
     try:
         restored = manager.restore(step, args=ocp.args.Composite(**items))
     except Exception as error:  # orbax/tensorstore raise many types for damaged files
-        raise UnreadableCheckpoint(_failed_read_reason(error)) from None
+        raise UnreadableCheckpoint(_failed_read_reason(error, step_dir)) from None
     step_array = jax.device_put(np.asarray(step, np.int32), abstract_state.step.sharding)
     return abstract_state.replace(
         step=step_array,
@@ -297,7 +273,7 @@ def _check_same_arrays(step_dir: epath.Path, name: str, wanted):
     try:
         saved = _array_shapes(ocp.StandardCheckpointHandler().metadata(step_dir / name))
     except Exception as error:  # a damaged metadata file raises JSON, IO or orbax errors
-        raise UnreadableCheckpoint(_failed_read_reason(error)) from None
+        raise UnreadableCheckpoint(f"{name} metadata: {_failed_read_reason(error, step_dir)}") from None
     wanted = _array_shapes(wanted)
     differences = [f"{path} only in the checkpoint" for path in saved.keys() - wanted.keys()]
     differences += [f"{path} only in this run" for path in wanted.keys() - saved.keys()]
