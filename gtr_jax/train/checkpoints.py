@@ -132,8 +132,13 @@ def _restore_params_item(manager: ocp.CheckpointManager, model_dir: str, step: i
     try:
         return manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(target)))["params"]
     except Exception as error:  # orbax/tensorstore raise many types for damaged files
-        reason = _failed_read_reason(error, epath.Path(manager.directory) / f"{STEP_PREFIX}_{step}")
+        reason = _failed_read_reason(error, _step_dir(manager, step))
         raise UserError(f"{model_dir}: checkpoint {step} is unreadable ({reason})") from None
+
+
+def _step_dir(manager: ocp.CheckpointManager, step: int) -> epath.Path:
+    """The directory of checkpoint `step`, as orbax names it (local or cloud)."""
+    return epath.Path(manager.directory) / f"{STEP_PREFIX}_{step}"
 
 
 def _failed_read_reason(error: Exception, checkpoint_dir) -> str:
@@ -240,16 +245,16 @@ def restore_train_state(manager: ocp.CheckpointManager, step: int, abstract_stat
     optimizer, or a learnt temperature where none is wanted), and UnreadableCheckpoint if
     its files are damaged.
     """
+    step_dir = _step_dir(manager, step)
     items = {
         "params": ocp.args.StandardRestore(abstract_state.params),
         "opt_state": ocp.args.StandardRestore(abstract_state.opt_state),
     }
     if abstract_state.temperature:
+        if not (step_dir / "temperature").exists():
+            raise UserError(f"{step_dir}: has no learnt temperature; resume without train.learn_temperature, "
+                            "or train into a new MODEL_DIR")
         items["temperature"] = ocp.args.StandardRestore(abstract_state.temperature)
-    step_dir = epath.Path(manager.directory) / f"{STEP_PREFIX}_{step}"
-    if abstract_state.temperature and not (step_dir / "temperature").exists():
-        raise UserError(f"{step_dir}: has no learnt temperature; resume without train.learn_temperature, "
-                        "or train into a new MODEL_DIR")
     for name, item in items.items():
         _check_same_arrays(step_dir, name, item.item)
     try:
@@ -287,11 +292,5 @@ def _check_same_arrays(step_dir: epath.Path, name: str, wanted):
 
 def _array_shapes(tree) -> dict[str, tuple]:
     """{"0/v/encoder/...": shape} of a tree's arrays, whatever holds them (dicts, lists, named tuples)."""
-    def key_name(key):
-        for attribute in ("key", "idx", "name"):
-            if hasattr(key, attribute):
-                return str(getattr(key, attribute))
-        return str(key)
-
     paths_and_leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
-    return {"/".join(map(key_name, path)): tuple(leaf.shape) for path, leaf in paths_and_leaves}
+    return {jax.tree_util.keystr(path, simple=True, separator="/"): tuple(leaf.shape) for path, leaf in paths_and_leaves}
